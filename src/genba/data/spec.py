@@ -1,0 +1,196 @@
+"""The embodiment spec: the one contract every layer reads.
+
+Everything that differs between machines lives here: observation and action
+feature names, units, limits, control period and what an action means. Envs
+produce it, datasets store it (``meta/genba.json``), the model builds a stem and
+a head from it, the shield takes its limits from it, the OPC UA bridge maps its
+nodes from it. Nothing downstream may assume one shape.
+
+The spec round-trips through plain JSON (``to_dict`` / ``from_dict``) so a
+checkpoint or a dataset alone carries it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SpecError(ValueError):
+    """An embodiment spec that is inconsistent or malformed."""
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    """Per-axis limits the safety shield enforces on the action command.
+
+    The action is a vector of ``action_dim`` commands. ``max_rate`` bounds how
+    fast each command may change (units per second), ``max_accel`` its second
+    derivative and ``max_jerk`` the third. ``position_obs_index`` maps an action
+    axis to the observation entry holding the position that axis moves (or -1),
+    with ``position_low/high`` the allowed range of that position: the shield
+    brakes early so the position stops inside it. ``keepout_boxes`` are
+    axis-aligned boxes (lo xyz, hi xyz) the end effector at ``ee_obs_slice`` must
+    not enter. Empty tuples mean "no such limit".
+    """
+
+    max_rate: tuple[float, ...] = ()
+    max_accel: tuple[float, ...] = ()
+    max_jerk: tuple[float, ...] = ()
+    position_obs_index: tuple[int, ...] = ()
+    position_low: tuple[float, ...] = ()
+    position_high: tuple[float, ...] = ()
+    ee_obs_slice: tuple[int, int] | None = None
+    keepout_boxes: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbodimentSpec:
+    """Everything the stack needs to know about one machine.
+
+    ``action_meaning`` is free text but conventional values are
+    ``"end-effector delta"``, ``"joint velocity"``, ``"phase voltages"`` and
+    ``"armature voltage"``.
+    """
+
+    name: str
+    robot_type: str
+    obs_names: tuple[str, ...]
+    obs_units: tuple[str, ...]
+    obs_low: tuple[float, ...]
+    obs_high: tuple[float, ...]
+    action_names: tuple[str, ...]
+    action_units: tuple[str, ...]
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    control_period: float
+    action_meaning: str
+    description: str = ""
+    safety: SafetyLimits = field(default_factory=SafetyLimits)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- derived -------------------------------------------------------
+    @property
+    def obs_dim(self) -> int:
+        return len(self.obs_names)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def fps(self) -> float:
+        return 1.0 / self.control_period
+
+    # ---- checks --------------------------------------------------------
+    def validate(self) -> None:
+        """Raise SpecError naming the field if any part is inconsistent."""
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise SpecError(f"spec name {self.name!r}: must be a non-empty identifier")
+        _same_len(self.name, "obs", self.obs_names, obs_units=self.obs_units, obs_low=self.obs_low, obs_high=self.obs_high)
+        _same_len(self.name, "action", self.action_names, action_units=self.action_units,
+                  action_low=self.action_low, action_high=self.action_high)
+        if self.obs_dim == 0 or self.action_dim == 0:
+            raise SpecError(f"spec {self.name!r}: obs_dim and action_dim must be > 0")
+        for kind, names in (("obs_names", self.obs_names), ("action_names", self.action_names)):
+            if len(set(names)) != len(names):
+                raise SpecError(f"spec {self.name!r}: duplicate entries in {kind}")
+        _ordered_limits(self.name, "obs", self.obs_names, self.obs_low, self.obs_high, allow_inf=True)
+        _ordered_limits(self.name, "action", self.action_names, self.action_low, self.action_high, allow_inf=False)
+        if not (math.isfinite(self.control_period) and self.control_period > 0):
+            raise SpecError(f"spec {self.name!r}: control_period must be a positive number of seconds, "
+                            f"got {self.control_period!r}")
+        _check_safety(self)
+
+    # ---- serialization -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EmbodimentSpec":
+        """Build from ``to_dict`` output; unknown or missing keys are errors."""
+        if not isinstance(d, dict):
+            raise SpecError(f"embodiment spec must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise SpecError(f"embodiment spec has unknown keys {sorted(unknown)}")
+        kw = dict(d)
+        try:
+            safety = kw.pop("safety", None) or {}
+            safety = SafetyLimits(**_tupleize(safety))
+            kw = {k: _tupleize(v) if isinstance(v, list) else v for k, v in kw.items()}
+            kw["obs_low"] = tuple(float(x) for x in kw["obs_low"])
+            kw["obs_high"] = tuple(float(x) for x in kw["obs_high"])
+            return cls(safety=safety, **kw)
+        except TypeError as e:  # missing keys
+            raise SpecError(f"embodiment spec is malformed: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EmbodimentSpec":
+        return cls.from_dict(json.loads(text))
+
+
+# ---- helpers -------------------------------------------------------------
+def _same_len(spec: str, kind: str, names: tuple, **others: tuple) -> None:
+    for key, seq in others.items():
+        if len(seq) != len(names):
+            raise SpecError(f"spec {spec!r}: {key} has {len(seq)} entries but {kind}_names has {len(names)}")
+
+
+def _ordered_limits(spec: str, kind: str, names, low, high, allow_inf: bool) -> None:
+    for n, lo, hi in zip(names, low, high):
+        if math.isnan(lo) or math.isnan(hi):
+            raise SpecError(f"spec {spec!r}: {kind} limit of {n!r} is NaN")
+        if not allow_inf and not (math.isfinite(lo) and math.isfinite(hi)):
+            raise SpecError(f"spec {spec!r}: {kind} limit of {n!r} must be finite, got [{lo}, {hi}]")
+        if not lo < hi:
+            raise SpecError(f"spec {spec!r}: {kind} limit of {n!r} has low {lo} >= high {hi}")
+
+
+def _check_safety(spec: EmbodimentSpec) -> None:
+    s = spec.safety
+    for key in ("max_rate", "max_accel", "max_jerk", "position_obs_index"):
+        seq = getattr(s, key)
+        if seq and len(seq) != spec.action_dim:
+            raise SpecError(f"spec {spec.name!r}: safety.{key} has {len(seq)} entries, action_dim is {spec.action_dim}")
+    for key in ("max_rate", "max_accel", "max_jerk"):
+        if any(not (v > 0) for v in getattr(s, key)):
+            raise SpecError(f"spec {spec.name!r}: safety.{key} entries must be > 0")
+    if s.position_obs_index:
+        if len(s.position_low) != spec.action_dim or len(s.position_high) != spec.action_dim:
+            raise SpecError(f"spec {spec.name!r}: safety.position_low/high need one entry per action axis")
+        for i in s.position_obs_index:
+            if not -1 <= i < spec.obs_dim:
+                raise SpecError(f"spec {spec.name!r}: safety.position_obs_index {i} outside observation")
+    if s.ee_obs_slice is not None:
+        a, b = s.ee_obs_slice
+        if not (0 <= a < b <= spec.obs_dim and b - a == 3):
+            raise SpecError(f"spec {spec.name!r}: safety.ee_obs_slice must select 3 observation entries")
+
+
+def _tupleize(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _tupleize(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tupleize(v) for v in x)
+    return x
+
+
+def _jsonable(x: Any) -> Any:
+    """Tuples to lists and infinities to strings JSON accepts everywhere."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and math.isinf(x):
+        return x  # json.dumps writes Infinity; Python's json reads it back
+    return x

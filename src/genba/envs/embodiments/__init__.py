@@ -1,0 +1,1 @@
+"""One file per embodiment; each registers its tasks on import."""

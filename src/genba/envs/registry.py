@@ -1,0 +1,137 @@
+"""One registry of tasks across every embodiment.
+
+Plug-in convention (the only one): each module in ``genba.envs.embodiments``
+calls :func:`register` for its tasks when imported. Adding a machine means
+adding one file there; :func:`load_all` discovers it with ``pkgutil``.
+
+A task id is ``<family>/<name>``, e.g. ``metaworld/reach-v3``,
+``drive/pmsm-current``, ``arm/jaco-reach``. Groups (``mt10``, ``mt50``,
+``drives``, ``arms``, ``all``) name sets of tasks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from genba.data.spec import EmbodimentSpec
+
+
+class Expert(Protocol):
+    """A scripted controller: same tiny interface as a policy."""
+
+    def reset(self) -> None: ...
+
+    def act(self, obs: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: what to do, on which machine, and who can do it already."""
+
+    id: str
+    spec: EmbodimentSpec
+    instruction_en: str
+    instruction_ja: str
+    max_steps: int
+    make_env: Callable[[int], gym.Env]  # seed -> env; info["success"] on every step
+    make_expert: Callable[[gym.Env], Expert]
+    groups: tuple[str, ...] = ()
+
+    @property
+    def embodiment(self) -> str:
+        return self.spec.name
+
+    def instruction(self, lang: str = "en") -> str:
+        if lang not in ("en", "ja"):
+            raise ValueError(f"instruction language {lang!r}: expected 'en' or 'ja'")
+        return self.instruction_en if lang == "en" else self.instruction_ja
+
+
+class UnknownTaskError(KeyError):
+    """A task id or group that is not registered; names the closest valid ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
+
+_TASKS: dict[str, Task] = {}
+_LOADED = False
+
+
+def register(task: Task) -> Task:
+    if task.id in _TASKS:
+        raise ValueError(f"task {task.id!r} registered twice")
+    _TASKS[task.id] = task
+    return task
+
+
+def load_all() -> None:
+    """Import every embodiment module once so its tasks register."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from genba.envs import embodiments
+
+    for mod in sorted(pkgutil.iter_modules(embodiments.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{embodiments.__name__}.{mod.name}")
+
+
+def all_tasks() -> list[Task]:
+    load_all()
+    return list(_TASKS.values())
+
+
+def groups() -> dict[str, list[str]]:
+    """Group name -> task ids, in registration order; ``all`` holds everything."""
+    out: dict[str, list[str]] = {"all": []}
+    for t in all_tasks():
+        out["all"].append(t.id)
+        for g in t.groups:
+            out.setdefault(g, []).append(t.id)
+    return out
+
+
+def get_task(task_id: str) -> Task:
+    load_all()
+    if task_id in _TASKS:
+        return _TASKS[task_id]
+    # accept a bare name when it is unambiguous ("reach-v3" -> "metaworld/reach-v3")
+    tails = [t for t in _TASKS if t.split("/", 1)[-1] == task_id]
+    if len(tails) == 1:
+        return _TASKS[tails[0]]
+    close = difflib.get_close_matches(task_id, list(_TASKS) + list(groups()), n=5, cutoff=0.4)
+    hint = f"; closest valid ids: {', '.join(close)}" if close else "; see `genba envs list`"
+    raise UnknownTaskError(f"unknown task id {task_id!r}{hint}")
+
+
+def resolve(selection: str) -> list[Task]:
+    """Comma-separated task ids and/or group names -> tasks, without duplicates."""
+    if not selection or not selection.strip():
+        raise UnknownTaskError("empty task selection; give ids or groups such as 'mt10' or 'drives'")
+    grp = groups()
+    out: dict[str, Task] = {}
+    for part in (p.strip() for p in selection.split(",")):
+        if not part:
+            continue
+        ids = grp.get(part) or [get_task(part).id]
+        for i in ids:
+            out.setdefault(i, _TASKS[i])
+    return list(out.values())
+
+
+def make_env(task_id: str, seed: int) -> gym.Env:
+    """A Gymnasium env for ``task_id`` whose resets are reproducible from ``seed``."""
+    return get_task(task_id).make_env(seed)
+
+
+def specs() -> dict[str, EmbodimentSpec]:
+    """Embodiment name -> spec, for every registered embodiment."""
+    return {t.spec.name: t.spec for t in all_tasks()}
