@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "genba.train.commands",
     "genba.eval.commands",
     "genba.serve.commands",
+    "genba.train.plan",
     "genba.demo",
 )
 

@@ -1,0 +1,254 @@
+"""CLI verbs of the governance layer.
+
+``genba consortium init``, ``genba site claim|add``, ``genba data ingest|grant|revoke|shred``,
+``genba audit verify|show|head``, ``genba lineage``. Every verb takes ``--home``
+(default ``$GENBA_HOME``, else ``~/.genba``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from genba.cli import CLIError
+from genba.govern import admin, lineage, sites
+from genba.govern.audit import AuditLog
+from genba.govern.consortium import Consortium, Member, default_home, init_consortium
+from genba.govern.errors import GovernanceError
+from genba.govern.manifest import CLASSIFICATIONS, PURPOSES
+
+
+def _home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", type=Path, default=None,
+                        help="consortium home directory (default: $GENBA_HOME, else ~/.genba)")
+
+
+def _group(subparsers, name: str, help: str):
+    """Nested verbs under ``name``; joins the group if another layer already registered it."""
+    parser = subparsers.choices.get(name) or subparsers.add_parser(name, help=help)
+    for action in parser._actions:  # argparse keeps no public handle on an existing subparsers action
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    sub = parser.add_subparsers(dest=f"{name}_verb", metavar="VERB")
+    sub.required = True
+    return sub
+
+
+def _consortium(args) -> Consortium:
+    return Consortium(args.home or default_home())
+
+
+def _guard(func):
+    """Turn governance refusals into CLI errors (printed without a traceback)."""
+    def run(args):
+        try:
+            return func(args)
+        except GovernanceError as e:
+            raise CLIError(str(e)) from None
+    return run
+
+
+# --- consortium and sites ---------------------------------------------------------
+def _parse_member(text: str) -> Member:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"member {text!r} must be ORG:NAME:JURISDICTION, e.g. acme:Acme Robotics:JP")
+    return Member(*parts)
+
+
+def _parse_site(text: str) -> tuple[str, str, str]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"site {text!r} must be ID:JURISDICTION:OPERATOR, e.g. tokyo-1:JP:Sakura DC")
+    return parts[0], parts[1], parts[2]
+
+
+def cmd_consortium_init(args) -> int:
+    c = init_consortium(args.home or default_home(), args.name, args.member, args.site)
+    print(f"consortium {args.name!r} created in {c.home}: {len(args.member)} members, {len(args.site)} sites")
+    return 0
+
+
+def cmd_site_add(args) -> int:
+    s = _consortium(args).add_site(args.site_id, args.jurisdiction, args.operator)
+    print(f"registered site {s.site_id} ({s.jurisdiction}, {s.operator})")
+    return 0
+
+
+def cmd_site_claim(args) -> int:
+    doc = sites.issue_claim(_consortium(args), args.site, ttl_s=int(args.ttl_hours * 3600))
+    text = json.dumps(doc, indent=2, sort_keys=True)
+    if args.out:
+        args.out.write_text(text + "\n")
+        print(f"site claim for {args.site} written to {args.out} (expires {sites._iso(doc['claim']['expires'])})")
+    else:
+        print(text)
+    return 0
+
+
+# --- data ---------------------------------------------------------------------------
+def cmd_ingest(args) -> int:
+    m = admin.ingest(_consortium(args), args.src, args.dest, owner=args.owner, dataset_id=args.dataset_id,
+                     classification=args.classification, purposes=tuple(args.purpose),
+                     personal_data=args.personal_data, retention_days=args.retention_days,
+                     jurisdiction=args.jurisdiction, progress=True)
+    print(f"ingested {args.src} -> {args.dest}: dataset {m.dataset_id} owner {m.owner} ({m.jurisdiction}, "
+          f"{m.classification}), {len(m.files)} files, manifest {m.digest[:16]}")
+    return 0
+
+
+def cmd_grant(args) -> int:
+    g = admin.grant(_consortium(args), owner=args.owner, grantee=args.to, dataset=args.dataset,
+                    purpose=args.purpose, expires_days=args.expires_days)
+    print(f"granted {g['grantee']} {g['purpose']} on {g['dataset']} (owner {g['owner']})")
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    n = admin.revoke(_consortium(args), owner=args.owner, grantee=args.to, dataset=args.dataset, purpose=args.purpose)
+    print(f"revoked {n} grant(s) of {args.to} on {args.dataset}")
+    return 0
+
+
+def cmd_shred(args) -> int:
+    if not args.yes:
+        raise CLIError(f"crypto-shredding destroys every dataset of {args.owner!r} for good; pass --yes to confirm")
+    r = admin.shred(_consortium(args), args.owner)
+    print(f"shredded the key of {r['owner']} (fingerprint {r['kek_fingerprint']}); "
+          f"unrecoverable datasets: {', '.join(r['datasets']) or 'none'}")
+    return 0
+
+
+# --- audit and lineage ----------------------------------------------------------------
+def _log(args) -> AuditLog:
+    c = _consortium(args)
+    if not c.audit_path.is_file():
+        raise CLIError(f"{c.audit_path} does not exist: nothing has been audited yet")
+    return AuditLog(c.audit_path, public_key=c.public_key("audit"))
+
+
+def cmd_audit_verify(args) -> int:
+    against = json.loads(args.against.read_text()) if args.against else None
+    r = _log(args).verify(against)
+    msg = f"audit log OK: {r['tree_size']} entries, root {r['root'][:16]}, signed head verified"
+    if against is not None:
+        msg += f"; consistent with the earlier head of size {r['consistent_with']['tree_size']}"
+    print(msg)
+    return 0
+
+
+def cmd_audit_show(args) -> int:
+    log = _log(args)
+    size = log.size()
+    for e in log.entries(max(0, size - args.last)):
+        ev = e["event"]
+        who = ev.get("principal") or ev.get("owner") or ""
+        what = ev.get("dataset") or ""
+        extra = f" {ev['file']}" if ev.get("file") else ""
+        print(f"#{e['index']:<5} {ev.get('kind', ''):7} {ev.get('decision', ''):5} {who:16} {what}{extra} "
+              f"site={ev.get('site') or '-'} purpose={ev.get('purpose') or '-'} "
+              f"policy={','.join(ev.get('policy_ids') or []) or '-'}")
+    head = log.head()
+    if head:
+        print(f"signed tree head: size {head['tree_size']} root {head['root']}")
+    return 0
+
+
+def cmd_audit_head(args) -> int:
+    head = _log(args).head()
+    if head is None:
+        raise CLIError("the audit log is empty: no head to export")
+    args.out.write_text(json.dumps(head, indent=2, sort_keys=True) + "\n")
+    print(f"signed tree head of size {head['tree_size']} written to {args.out}")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    lin = lineage.read_checkpoint_lineage(args.checkpoint)
+    print(lineage.format_lineage(lin))
+    if args.verify:
+        problems = lineage.verify_lineage(lin, _log(args))
+        if problems:
+            raise CLIError("lineage does not verify against the audit log:\n  " + "\n  ".join(problems))
+        print("lineage verified: every audit entry is proven included in the signed log")
+    if args.card:
+        args.card.write_text(lineage.model_card(lin, model_name=Path(args.checkpoint).name))
+        print(f"model card written to {args.card}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the governance verbs to the top-level ``genba`` parser."""
+    cons = _group(subparsers, "consortium", "create a consortium home (members, sites, authority keys)")
+    p = cons.add_parser("init", help="create a consortium home with fresh keys")
+    _home(p)
+    p.add_argument("--name", required=True, help="consortium name")
+    p.add_argument("--member", type=_parse_member, action="append", required=True, help="ORG:NAME:JURISDICTION (repeat)")
+    p.add_argument("--site", type=_parse_site, action="append", default=[], help="ID:JURISDICTION:OPERATOR (repeat)")
+    p.set_defaults(func=_guard(cmd_consortium_init))
+
+    site = _group(subparsers, "site", "compute sites and signed site claims")
+    p = site.add_parser("claim", help="issue a signed claim that this process runs at SITE")
+    _home(p)
+    p.add_argument("--site", required=True, help="registered site id")
+    p.add_argument("--ttl-hours", type=float, default=24.0, help="claim lifetime in hours")
+    p.add_argument("--out", type=Path, default=None, help="write the claim here instead of stdout")
+    p.set_defaults(func=_guard(cmd_site_claim))
+    p = site.add_parser("add", help="register a compute site")
+    _home(p)
+    p.add_argument("site_id", help="site id, e.g. tokyo-1")
+    p.add_argument("jurisdiction", help="ISO 3166 alpha-2 code, e.g. JP")
+    p.add_argument("operator", help="who operates the site")
+    p.set_defaults(func=_guard(cmd_site_add))
+
+    data = _group(subparsers, "data", "governed datasets: ingest, grant, revoke, shred")
+    p = data.add_parser("ingest", help="encrypt a member's LeRobot dataset, sign its manifest, register it")
+    _home(p)
+    p.add_argument("src", type=Path, help="plaintext LeRobot dataset directory")
+    p.add_argument("dest", type=Path, help="new directory for the encrypted governed dataset")
+    p.add_argument("--owner", required=True, help="owning member org id")
+    p.add_argument("--dataset-id", required=True, help="consortium-wide dataset id")
+    p.add_argument("--classification", choices=CLASSIFICATIONS, required=True, help="data classification")
+    p.add_argument("--purpose", choices=PURPOSES, action="append", required=True, help="allowed purpose (repeat)")
+    p.add_argument("--personal-data", action="store_true", help="the data may contain personal data")
+    p.add_argument("--retention-days", type=int, default=None, help="refuse reads after this many days")
+    p.add_argument("--jurisdiction", default=None, help="data jurisdiction (default: the owner's)")
+    p.set_defaults(func=_guard(cmd_ingest))
+    for name, helptext, func in (("grant", "let a member read an owner's dataset for a purpose", cmd_grant),
+                                 ("revoke", "withdraw grants", cmd_revoke)):
+        p = data.add_parser(name, help=helptext)
+        _home(p)
+        p.add_argument("--owner", required=True, help="owning member org id")
+        p.add_argument("--to", required=True, help="grantee member org id")
+        p.add_argument("--dataset", required=True, help="dataset id, or * for all of the owner's datasets")
+        p.add_argument("--purpose", choices=PURPOSES, required=(name == "grant"), default=None, help="purpose")
+        if name == "grant":
+            p.add_argument("--expires-days", type=int, default=None, help="grant lifetime in days")
+        p.set_defaults(func=_guard(func))
+    p = data.add_parser("shred", help="crypto-shred: destroy an owner's key so its data is unrecoverable")
+    _home(p)
+    p.add_argument("--owner", required=True, help="member org id whose key is destroyed")
+    p.add_argument("--yes", action="store_true", help="confirm the irreversible destruction")
+    p.set_defaults(func=_guard(cmd_shred))
+
+    aud = _group(subparsers, "audit", "the tamper-evident audit log")
+    p = aud.add_parser("verify", help="recompute the Merkle log and check signed heads")
+    _home(p)
+    p.add_argument("--against", type=Path, default=None, help="an earlier signed head (JSON) the log must extend")
+    p.set_defaults(func=_guard(cmd_audit_verify))
+    p = aud.add_parser("show", help="print the latest entries and the signed head")
+    _home(p)
+    p.add_argument("--last", type=int, default=20, help="how many entries")
+    p.set_defaults(func=_guard(cmd_audit_show))
+    p = aud.add_parser("head", help="export the latest signed tree head for a monitor")
+    _home(p)
+    p.add_argument("--out", type=Path, required=True, help="where to write HEAD.json")
+    p.set_defaults(func=_guard(cmd_audit_head))
+
+    p = subparsers.add_parser("lineage", help="print the data lineage recorded in a checkpoint")
+    _home(p)
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory (or its genba.json)")
+    p.add_argument("--verify", action="store_true", help="prove each audit entry against the audit log")
+    p.add_argument("--card", type=Path, default=None, help="also write a Markdown model card here")
+    p.set_defaults(func=_guard(cmd_lineage))
