@@ -1,0 +1,201 @@
+"""Tiny frozen transforms, ``__call__(sample) -> sample``, shared by training and serving.
+
+- :class:`Normalize` / :class:`Unnormalize`: per-embodiment normalization from
+  the dataset stats (``mean_std``, ``min_max`` to [-1, 1], or ``quantile``:
+  q01/q99 to [-1, 1] as openpi does). Scales are floored by
+  :func:`genba.data.stats.normalization_stats` so near-constant features cannot
+  blow up. Work on numpy arrays and torch tensors alike (same type back), with
+  any leading batch/time dims.
+- :class:`TokenizeInstruction`: byte-level UTF-8, byte ``b`` -> token ``b+1``,
+  0 = pad (vocab 257), truncated at a character boundary.
+- :func:`compose`.
+
+Stats travel as plain JSON (``to_dict``/``from_dict``) inside checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from genba.data import stats as S
+
+MODES = ("mean_std", "min_max", "quantile")
+VOCAB_SIZE = 257  # 256 byte values + pad
+PAD_TOKEN = 0
+_KEEP = ("mean", "std", "min", "max", "q01", "q99", "count")
+
+
+class TransformError(ValueError):
+    """A sample a transform cannot handle (unknown embodiment, wrong shape)."""
+
+
+def stats_by_embodiment(datasets: Any) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """``{embodiment: stats}`` from opened datasets; datasets of one embodiment are pooled."""
+    groups: dict[str, list] = {}
+    for ds in datasets:
+        groups.setdefault(ds.embodiment, []).append(ds.stats)
+    return {emb: st[0] if len(st) == 1 else S.aggregate_stats(st) for emb, st in groups.items()}
+
+
+def _like(value: np.ndarray, x: Any) -> Any:
+    """``value`` as the same kind (numpy/torch), dtype and device as ``x``."""
+    if isinstance(x, torch.Tensor):
+        return torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    return value.astype(np.asarray(x).dtype if np.issubdtype(np.asarray(x).dtype, np.floating) else np.float32)
+
+
+@dataclass(frozen=True)
+class _Norm:
+    """Shared machinery: guarded constants per (embodiment, key), built once."""
+
+    stats: Mapping[str, Mapping[str, Mapping[str, Any]]]
+    keys: tuple[str, ...] = ("observation.state", "action")
+    mode: str = "mean_std"
+    _consts: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise TransformError(f"normalization mode {self.mode!r}: expected one of {MODES}")
+        consts = {}
+        for emb, feats in self.stats.items():
+            for key in self.keys:
+                if key not in feats:
+                    raise TransformError(f"stats of embodiment {emb!r} lack feature {key!r}")
+                try:
+                    consts[emb, key] = S.normalization_stats(feats[key])
+                except S.StatsError as e:
+                    raise TransformError(f"stats of {emb!r}/{key!r}: {e}") from None
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "_consts", consts)
+
+    def _shift_scale(self, emb: str, key: str, x: Any) -> tuple[Any, Any]:
+        if (emb, key) not in self._consts:
+            known = sorted({e for e, _ in self._consts})
+            raise TransformError(f"no normalization stats for embodiment {emb!r} (have {known})")
+        c = self._consts[emb, key]
+        if self.mode == "mean_std":
+            shift, scale = c["mean"], c["std"]
+        else:
+            lo, hi = (c["min"], c["max"]) if self.mode == "min_max" else (c["q01"], c["q99"])
+            shift, scale = (lo + hi) / 2, (hi - lo) / 2
+        if x.shape[-1] != shift.shape[0]:
+            raise TransformError(f"{key!r} of embodiment {emb!r} has last dim {x.shape[-1]}, "
+                                 f"stats have {shift.shape[0]}")
+        return _like(shift, x), _like(scale, x)
+
+    def _apply(self, sample: dict, forward: bool) -> dict:
+        emb = sample.get("embodiment")
+        out = dict(sample)
+        for key in self.keys:
+            if key in sample:
+                shift, scale = self._shift_scale(emb, key, sample[key])
+                out[key] = (sample[key] - shift) / scale if forward else sample[key] * scale + shift
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (raw stats of the normalized keys, mode, keys)."""
+        stats = {emb: {k: {s: np.asarray(v).tolist() for s, v in feats[k].items() if s in _KEEP}
+                       for k in self.keys} for emb, feats in self.stats.items()}
+        return {"type": type(self).__name__, "mode": self.mode, "keys": list(self.keys), "stats": stats}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        if not isinstance(d, Mapping) or "stats" not in d:
+            raise TransformError(f"{cls.__name__}.from_dict: expected an object with 'stats'")
+        stats = {emb: S.stats_from_json(feats, source=f"stats of {emb!r}") for emb, feats in d["stats"].items()}
+        return cls(stats, keys=tuple(d.get("keys", ("observation.state", "action"))),
+                   mode=d.get("mode", "mean_std"))
+
+
+@dataclass(frozen=True)
+class Normalize(_Norm):
+    """Normalize ``keys`` of a sample with its embodiment's stats."""
+
+    def __call__(self, sample: dict) -> dict:
+        return self._apply(sample, forward=True)
+
+
+@dataclass(frozen=True)
+class Unnormalize(_Norm):
+    """Inverse of :class:`Normalize`; by default for model outputs (actions)."""
+
+    keys: tuple[str, ...] = ("action",)
+
+    def __call__(self, sample: dict) -> dict:
+        return self._apply(sample, forward=False)
+
+
+@dataclass(frozen=True)
+class TokenizeInstruction:
+    """``instruction`` -> ``lang_tokens`` int64 (L,), ``lang_mask`` bool (L,)."""
+
+    max_len: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise TransformError(f"TokenizeInstruction: max_len must be >= 1, got {self.max_len}")
+
+    def encode(self, text: str) -> list[int]:
+        """Tokens (no padding), cut at the last whole UTF-8 character within max_len."""
+        if not isinstance(text, str):
+            raise TransformError(f"instruction must be a str, got {type(text).__name__}")
+        data = text.encode("utf-8")
+        if len(data) > self.max_len:
+            cut = self.max_len
+            while cut > 0 and (data[cut] & 0xC0) == 0x80:  # data[cut] continues a character
+                cut -= 1
+            data = data[:cut]
+        return [b + 1 for b in data]
+
+    @staticmethod
+    def decode(tokens: Any) -> str:
+        """Text from tokens; pads (0) are skipped."""
+        vals = tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
+        return bytes(int(t) - 1 for t in vals if int(t) != PAD_TOKEN).decode("utf-8")
+
+    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, L) int64 and mask (B, L) bool for several instructions."""
+        tokens = torch.zeros(len(texts), self.max_len, dtype=torch.int64)
+        for i, text in enumerate(texts):
+            ids = self.encode(text)
+            tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return tokens, tokens != PAD_TOKEN
+
+    def __call__(self, sample: dict) -> dict:
+        ids = self.encode(sample["instruction"])
+        tokens = torch.zeros(self.max_len, dtype=torch.int64)
+        tokens[:len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        mask = torch.zeros(self.max_len, dtype=torch.bool)
+        mask[:len(ids)] = True
+        return {**sample, "lang_tokens": tokens, "lang_mask": mask}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "TokenizeInstruction", "max_len": self.max_len, "vocab_size": VOCAB_SIZE,
+                "scheme": "utf8-bytes+1"}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TokenizeInstruction":
+        if d.get("scheme", "utf8-bytes+1") != "utf8-bytes+1":
+            raise TransformError(f"unknown tokenizer scheme {d.get('scheme')!r}")
+        return cls(max_len=int(d["max_len"]))
+
+
+@dataclass(frozen=True)
+class Compose:
+    """Apply transforms in order."""
+
+    transforms: tuple[Callable[[dict], dict], ...]
+
+    def __call__(self, sample: dict) -> dict:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+
+def compose(*ts: Callable[[dict], dict]) -> Compose:
+    """One transform running ``ts`` left to right (``None`` entries are skipped)."""
+    return Compose(tuple(t for t in ts if t is not None))
