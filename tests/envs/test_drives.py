@@ -1,0 +1,163 @@
+"""Electric-drive embodiments: env contract, seeding, success semantics, experts."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+from genba.data.spec import EmbodimentSpec
+from genba.envs import drive_control as dc
+from genba.envs import registry
+from genba.envs.embodiments import drives as D
+
+TASK_IDS = [t.id for t in D.DRIVE_TASKS]
+
+
+def rollout(env, policy, seed, max_steps=None):
+    """Run one episode; returns (observations, infos)."""
+    obs, info = env.reset(seed=seed)
+    if hasattr(policy, "reset"):
+        policy.reset()
+    observations, infos = [obs], [info]
+    for _ in range(max_steps or env.task.max_steps):
+        act = policy.act(obs) if hasattr(policy, "act") else policy(obs)
+        obs, _, term, trunc, info = env.step(act)
+        observations.append(obs)
+        infos.append(info)
+        if term or trunc:
+            break
+    return np.array(observations), infos
+
+
+def zero(env):
+    return lambda obs: np.zeros(env.action_space.shape, np.float32)
+
+
+def expert(env):
+    return registry._TASKS[env.task.id].make_expert(env)  # registered at import of drives
+
+
+# ---- registry and specs ---------------------------------------------------------
+def test_tasks_registered_with_shared_machine_specs():
+    for tid in TASK_IDS:
+        task = registry._TASKS[tid]
+        assert "drives" in task.groups and task.instruction_ja and task.instruction_en
+    assert {"drive/pmsm-current", "drive/pmsm-speed", "drive/dc-current"} <= set(TASK_IDS)
+    pmsm, dcm = D.machine_spec("pmsm"), D.machine_spec("dc")
+    assert registry._TASKS["drive/pmsm-speed"].spec is pmsm and registry._TASKS["drive/dc-current"].spec is dcm
+    assert (pmsm.obs_dim, pmsm.action_dim) != (dcm.obs_dim, dcm.action_dim)
+    for spec in (pmsm, dcm):
+        assert EmbodimentSpec.from_json(spec.to_json()) == spec
+        assert spec.control_period == pytest.approx(1e-4)
+        assert "limit" in spec.description and len(spec.safety.max_rate) == spec.action_dim
+
+
+@pytest.mark.parametrize("task_id", ["drive/pmsm-current", "drive/dc-current"])
+def test_gymnasium_check_env(task_id):
+    from gymnasium.utils.env_checker import check_env
+
+    env = D.make_drive_env(task_id, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any checker warning fails the test
+        check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs.shape == (env.embodiment.obs_dim,)
+
+
+# ---- seeding ----------------------------------------------------------------------
+def test_reset_with_seed_reproduces_episode():
+    env = D.make_drive_env("drive/pmsm-current", seed=11)
+    ex = expert(env)
+    first, _ = rollout(env, ex, seed=None, max_steps=60)  # first reset takes the construction seed
+    again, _ = rollout(env, ex, seed=11, max_steps=60)
+    other, _ = rollout(env, ex, seed=12, max_steps=60)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    fresh, _ = rollout(D.make_drive_env("drive/pmsm-current", seed=0), ex, seed=11, max_steps=60)
+    np.testing.assert_array_equal(first, fresh)
+
+
+# ---- info semantics ------------------------------------------------------------------
+def test_tracking_error_is_the_shown_reference_minus_next_state():
+    env = D.make_drive_env("drive/dc-current", seed=0)
+    obs, infos = rollout(env, expert(env), seed=5, max_steps=40)
+    names = env.embodiment.obs_names
+    ref, state = names.index("ref_i"), names.index("i")
+    expected = np.abs(obs[:-1, ref] - obs[1:, state])
+    got = np.array([i["tracking_error"] for i in infos[1:]])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_success_only_at_end_and_under_threshold():
+    env = D.make_drive_env("drive/dc-current", seed=0)
+    _, infos = rollout(env, expert(env), seed=2)
+    assert len(infos) == env.task.max_steps + 1
+    assert not any(i["success"] for i in infos[:-1])
+    last = infos[-1]
+    assert last["success"] == (last["mean_tracking_error"] < env.task.threshold) and last["success"]
+    strict = D.DriveEnv(dataclasses.replace(env.task, threshold=0.0), env.embodiment, seed=0)
+    _, infos = rollout(strict, expert(strict), seed=2)
+    assert not infos[-1]["success"] and not infos[-1]["limit_violation"]
+
+
+def test_limit_violation_ends_episode_as_failure():
+    env = D.make_drive_env("drive/dc-current", seed=0)
+    _, infos = rollout(env, lambda obs: np.ones(1, np.float32), seed=1)
+    last = infos[-1]
+    assert last["limit_violation"] and not last["success"]
+    assert len(infos) - 1 < env.task.max_steps
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(1, np.float32))
+
+
+# ---- experts ------------------------------------------------------------------------
+@pytest.mark.parametrize("task_id", TASK_IDS)
+def test_expert_beats_zero_action_by_a_wide_margin(task_id):
+    env = D.make_drive_env(task_id, seed=0)
+    ex = expert(env)
+    for seed in (21,):
+        _, e_inf = rollout(env, ex, seed)
+        _, z_inf = rollout(env, zero(env), seed)
+        e_err, z_err = e_inf[-1]["mean_tracking_error"], z_inf[-1]["mean_tracking_error"]
+        assert e_inf[-1]["success"] and not z_inf[-1]["success"]
+        assert e_err * 5 < z_err, (task_id, e_err, z_err)
+        actions = [ex.act(o) for o in rollout(env, ex, seed, max_steps=5)[0]]
+        assert all(env.action_space.contains(a) for a in actions)
+
+
+# ---- controllers ------------------------------------------------------------------------
+def test_technical_optimum_gains_from_machine_parameters():
+    g = dc.technical_optimum(r=0.5, l=2e-3, t_sigma=1e-4)
+    assert g.kp == pytest.approx(10.0) and g.ki == pytest.approx(2500.0)
+    assert g.kp / g.ki == pytest.approx(2e-3 / 0.5)  # integral time = L/R: the zero cancels the pole
+
+
+def test_pi_does_not_wind_up_against_saturation():
+    pi = dc.PI(dc.PIGains(kp=1.0, ki=100.0), tau=1e-3)
+    for _ in range(1000):
+        u = pi.output(np.array([5.0]), np.zeros(1))
+        pi.commit(np.clip(u, -1, 1))
+    assert pi.integral[0] == pytest.approx(0.0)  # saturated and pushing further: frozen
+    u = pi.output(np.array([-0.1]), np.zeros(1))
+    assert u[0] < 0  # recovers at once when the error changes sign
+
+
+def test_dq_controller_holds_voltage_circle_with_d_priority():
+    m = dc.PmsmParams(r_s=0.02, l_d=4e-4, l_q=1e-3, psi_p=0.07, p=3, j_total=0.04, tau=1e-4, u_max=150.0,
+                      i_max=300.0)
+    ctrl = dc.DqCurrentController(m)
+    u = ctrl(np.array([-50.0, 300.0]), np.zeros(2), omega_mech=100.0)
+    assert np.hypot(*u) <= 150.0 + 1e-9
+    assert u[0] == pytest.approx(-50.0 * m.l_d / (2 * m.tau))  # d gets its full demand first
+
+
+def test_bad_action_is_refused_with_its_names():
+    env = D.make_drive_env("drive/pmsm-current", seed=0)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="u_sd, u_sq"):
+        env.step(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.array([np.nan, 0.0], np.float32))
