@@ -1,0 +1,173 @@
+"""The model part of a checkpoint directory: ``model.safetensors`` + ``genba.json``.
+
+``genba.json`` carries everything needed to drive a machine from the checkpoint
+alone: the model config and preset name, the embodiment specs, the per-embodiment
+normalization statistics, the tokenizer and lineage (datasets, training run).
+Stats live here because fine-tuning breaks quietly when they drift from the
+weights (openpi #817, #433).
+
+Writes are atomic (temporary file, then ``os.replace``), weights first and
+``genba.json`` last, so a directory with a ``genba.json`` always has the weights
+it describes. Loading checks the preset a caller asked for, the tensor names and
+shapes against the config, and the file size, and names the file in every error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from genba.data.spec import EmbodimentSpec, SpecError
+from genba.data.stats import stats_from_json, stats_to_json
+from genba.data.transforms import MODES, TokenizeInstruction
+from genba.model.config import ModelConfig, preset_name_of
+from genba.model.generalist import Generalist
+
+FORMAT = "genba-model/1"
+WEIGHTS = "model.safetensors"
+MANIFEST = "genba.json"
+
+
+class BundleError(ValueError):
+    """A checkpoint that is missing, truncated, of another preset or inconsistent."""
+
+
+def tokenizer_config(cfg: ModelConfig) -> dict[str, Any]:
+    """How instructions become ``lang_tokens``: ``TokenizeInstruction.to_dict()`` for ``cfg``."""
+    return TokenizeInstruction(cfg.max_lang_len).to_dict()
+
+
+def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mapping[str, Mapping[str, Any]],
+                preset: str | None = None, normalization: str = "mean_std",
+                lineage: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+                state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write the weights and ``genba.json`` into ``directory`` (created); returns the directory.
+
+    ``stats`` is ``{embodiment: {"observation.state": {...}, "action": {...}}}`` as
+    ``genba.data.stats`` computes them; every embodiment of the model needs an entry.
+    ``normalization`` is the ``mode`` of the Normalize/Unnormalize transforms used in
+    training (the policy rebuilds the same ones). ``state_dict`` overrides
+    ``model.state_dict()``: a sharded (FSDP2) trainer passes the gathered full one
+    (``get_model_state_dict(..., full_state_dict=True)``), with the plain model's names.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    if normalization not in MODES:
+        raise BundleError(f"save_bundle: normalization {normalization!r}, expected one of {MODES}")
+    missing = sorted(set(model.specs) - set(stats))
+    if missing:
+        raise BundleError(f"save_bundle: no normalization stats for embodiments {missing}")
+    source = model.state_dict() if state_dict is None else state_dict
+    _check_shapes(out / WEIGHTS, model, source, preset or "custom")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
+    _atomic(out / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    manifest = {
+        "format": FORMAT,
+        "preset": preset or preset_name_of(model.cfg) or "custom",
+        "config": model.cfg.to_dict(),
+        "specs": {n: s.to_dict() for n, s in model.specs.items()},
+        "stats": {n: stats_to_json(stats[n]) for n in model.specs},
+        "normalization": {"mode": normalization},
+        "tokenizer": tokenizer_config(model.cfg),
+        "lineage": dict(lineage or {}),
+        "weights": {"file": WEIGHTS, "num_bytes": (out / WEIGHTS).stat().st_size,
+                    "num_params": sum(p.numel() for p in model.parameters())},
+        **dict(extra or {}),
+    }
+    text = json.dumps(manifest, indent=1, ensure_ascii=False)
+    _atomic(out / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))
+    return out
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """``genba.json`` of a checkpoint, checked for format and required keys."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: not found (is {directory} a genba checkpoint directory?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{path}: format {got!r}, expected {FORMAT!r}")
+    for key in ("preset", "config", "specs", "stats", "tokenizer"):
+        if key not in manifest:
+            raise BundleError(f"{path}: lacks {key!r}")
+    return manifest
+
+
+def bundle_specs(manifest: Mapping[str, Any], source: str = MANIFEST) -> dict[str, EmbodimentSpec]:
+    try:
+        return {n: EmbodimentSpec.from_dict(d) for n, d in manifest["specs"].items()}
+    except SpecError as e:
+        raise BundleError(f"{source}: bad embodiment spec: {e}") from None
+
+
+def bundle_stats(manifest: Mapping[str, Any], source: str = MANIFEST) -> dict[str, dict]:
+    return {n: stats_from_json(s, source=f"{source} stats[{n!r}]") for n, s in manifest["stats"].items()}
+
+
+def load_model(directory: str | os.PathLike, *, preset: str | None = None,
+               device: torch.device | str | None = None) -> tuple[Generalist, dict[str, Any]]:
+    """Rebuild the model of a checkpoint (eval mode) and return it with its manifest.
+
+    ``preset``, when given, must be the preset the checkpoint was saved as.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if preset is not None and manifest["preset"] != preset:
+        raise BundleError(f"{directory}: checkpoint is preset {manifest['preset']!r}, not the requested {preset!r}")
+    try:
+        cfg = ModelConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{directory / MANIFEST}: bad model config: {e}") from None
+    specs = bundle_specs(manifest, str(directory / MANIFEST))
+    tensors = _read_weights(directory / WEIGHTS, manifest)
+    with torch.device("meta"):
+        model = Generalist(cfg, specs)
+    _check_shapes(directory / WEIGHTS, model, tensors, manifest["preset"])
+    model.to_empty(device=device or "cpu")
+    model.init_weights()  # fills non-persistent buffers; every saved tensor is overwritten next
+    model.load_state_dict(tensors, strict=True)
+    return model.eval(), manifest
+
+
+def _read_weights(path: Path, manifest: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BundleError(f"{path}: not found")
+    want = manifest.get("weights", {}).get("num_bytes")
+    have = path.stat().st_size
+    if want is not None and have != want:
+        raise BundleError(f"{path}: {have} bytes but genba.json records {want}: the file is truncated or "
+                          "was replaced")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+
+
+def _check_shapes(path: Path, model: Generalist, tensors: Mapping[str, torch.Tensor], preset: str) -> None:
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    problems = [f"missing {k}" for k in want if k not in have]
+    problems += [f"unexpected {k}" for k in have if k not in want]
+    problems += [f"{k}: file {have[k]} vs config {want[k]}" for k in want if k in have and have[k] != want[k]]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
+        raise BundleError(f"{path}: weights do not match the config of preset {preset!r}: {shown}")

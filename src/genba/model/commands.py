@@ -1,0 +1,169 @@
+"""`genba model ...`: inspect presets and checkpoints.
+
+``genba model info PRESET`` builds the model on the ``meta`` device (no memory
+for weights; a 1T preset builds in well under a second) and prints exact total
+and active-per-token parameter counts per component. Stems and heads depend on
+the embodiments: by default a nominal set (an arm like Meta-World's Sawyer, a
+motor drive, a joint-space arm), or the specs of a checkpoint (``--checkpoint``)
+or of spec JSON files (``--spec``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from genba.data.spec import EmbodimentSpec, SpecError
+from genba.model.config import PRESETS, PresetError, get_preset
+from genba.model.generalist import Generalist
+
+COMPONENTS = ("attention", "dense_mlp", "routed_experts", "shared_experts", "router", "norms",
+              "language_encoder", "embeddings", "stems_heads")
+
+
+def nominal_specs() -> dict[str, EmbodimentSpec]:
+    """Stand-in embodiments for counting when no checkpoint is given (dims: obs, action)."""
+    dims = {"arm": (39, 4), "drive": (8, 2), "jointarm": (24, 7)}
+    return {n: _spec(n, o, a) for n, (o, a) in dims.items()}
+
+
+def _spec(name: str, obs: int, act: int) -> EmbodimentSpec:
+    return EmbodimentSpec(name=name, robot_type="nominal", obs_names=tuple(f"o{i}" for i in range(obs)),
+                          obs_units=("",) * obs, obs_low=(-1.0,) * obs, obs_high=(1.0,) * obs,
+                          action_names=tuple(f"a{i}" for i in range(act)), action_units=("",) * act,
+                          action_low=(-1.0,) * act, action_high=(1.0,) * act, control_period=0.05,
+                          action_meaning="nominal")
+
+
+def component_of(name: str, model: Generalist) -> str:
+    """Which component a parameter name belongs to (see COMPONENTS)."""
+    parts = name.split(".")
+    if parts[0] in ("stems", "heads"):
+        return "stems_heads"
+    if parts[0] == "rate" or name.startswith("lang.embed"):
+        return "embeddings"
+    if parts[0] == "lang":
+        return "language_encoder"
+    if "norm" in name:
+        return "norms"
+    if ".attn." in name:
+        return "attention"
+    if ".ffn.shared." in name:
+        return "shared_experts"
+    if ".ffn.router" in name:
+        return "router"
+    if ".ffn." in name:
+        layer = model.trunk.layers[int(parts[2])]
+        return "routed_experts" if hasattr(layer.ffn, "n_experts") else "dense_mlp"
+    raise ValueError(f"parameter {name!r} belongs to no known component")
+
+
+def parameter_counts(model: Generalist) -> dict[str, dict[str, int]]:
+    """``{component: {"total": n, "active": n}}`` plus a ``"total"`` row.
+
+    Active = used per token: routed experts count ``top_k / n_experts`` of their
+    parameters (exact: every expert has the same size); stems and heads count one
+    embodiment's (the largest), since a sample drives one machine.
+    """
+    cfg = model.cfg
+    rows = {c: {"total": 0, "active": 0} for c in COMPONENTS}
+    per_emb: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        comp, n = component_of(name, model), p.numel()
+        rows[comp]["total"] += n
+        if comp == "routed_experts":
+            rows[comp]["active"] += n // cfg.n_experts * cfg.top_k
+        elif comp == "stems_heads":
+            emb = name.split(".")[1]
+            per_emb[emb] = per_emb.get(emb, 0) + n
+        else:
+            rows[comp]["active"] += n
+    rows["stems_heads"]["active"] = max(per_emb.values(), default=0)
+    rows["total"] = {k: sum(r[k] for r in rows.values()) for k in ("total", "active")}
+    return rows
+
+
+def build_meta(preset: str, specs: dict[str, EmbodimentSpec]) -> Generalist:
+    with torch.device("meta"):
+        return Generalist(get_preset(preset), specs)
+
+
+def _load_specs(args: argparse.Namespace) -> dict[str, EmbodimentSpec]:
+    from genba.cli import CLIError
+
+    try:
+        if args.checkpoint:
+            from genba.model.bundle import BundleError, bundle_specs, read_manifest
+            try:
+                return bundle_specs(read_manifest(args.checkpoint))
+            except BundleError as e:
+                raise CLIError(str(e)) from None
+        if args.spec:
+            specs = [EmbodimentSpec.from_json(Path(p).read_text(encoding="utf-8")) for p in args.spec]
+            return {s.name: s for s in specs}
+    except (OSError, SpecError, json.JSONDecodeError) as e:
+        raise CLIError(f"--spec/--checkpoint: {e}") from None
+    return nominal_specs()
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from genba.cli import CLIError
+
+    try:
+        cfg = get_preset(args.preset)
+    except PresetError as e:
+        raise CLIError(str(e)) from None
+    specs = _load_specs(args)
+    counts = parameter_counts(build_meta(args.preset, specs))
+    if args.json:
+        print(json.dumps({"preset": args.preset, "embodiments": sorted(specs), "config": cfg.to_dict(),
+                          "params": counts}, indent=1))
+        return 0
+    _print_table(args.preset, cfg, specs, counts)
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3f}{unit}"
+    return str(n)
+
+
+def _print_table(preset: str, cfg, specs, counts) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    moe = f", MoE {cfg.n_experts} experts top-{cfg.top_k} + {cfg.n_shared_experts} shared on layers " \
+          f"{cfg.first_dense_layers}..{cfg.n_layers - 1}" if cfg.n_experts else ""
+    title = (f"preset {preset!r}: {cfg.n_layers} layers, width {cfg.d_model}, {cfg.n_heads} heads "
+             f"({cfg.n_kv_heads} kv){moe}; head {cfg.head}, H={cfg.history}, C={cfg.chunk}, "
+             f"{cfg.tokens_per_step} tokens/step; embodiments {', '.join(sorted(specs))}")
+    table = Table(title=title, title_justify="left")
+    for col in ("component", "total", "active / token", "total (exact)", "active (exact)"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    for comp, row in counts.items():
+        style = "bold" if comp == "total" else None
+        table.add_row(comp, _human(row["total"]), _human(row["active"]), f"{row['total']:,}", f"{row['active']:,}",
+                      style=style)
+    console = Console()
+    Console(width=max(console.width, 112)).print(table)  # never truncate the exact counts
+
+
+def register(subparsers) -> None:
+    """Add ``genba model`` and its verbs."""
+    model = subparsers.add_parser("model", help="inspect model presets and checkpoints")
+    verbs = model.add_subparsers(dest="model_verb", metavar="VERB")
+    verbs.required = True
+    info = verbs.add_parser("info", help="exact total and active parameter counts of a preset, per component "
+                                         "(built on the meta device)")
+    info.add_argument("preset", type=str, help=f"preset name: {', '.join(PRESETS)}")
+    info.add_argument("--checkpoint", type=Path, default=None,
+                      help="count stems/heads for this checkpoint's embodiments")
+    info.add_argument("--spec", type=Path, action="append", default=[],
+                      help="embodiment spec JSON file (repeatable); default: nominal arm, drive, joint-space arm")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(func=cmd_info)

@@ -1,0 +1,326 @@
+"""The generalist: per-embodiment stems and heads around one shared trunk.
+
+One control step becomes a short token sequence (same length for every
+embodiment, so a mixed batch is one trunk pass)::
+
+    [lang summaries (S)] [embodiment + control rate (1)] [obs history (H)] [readouts (R)]
+
+- Language: a tiny byte-level (UTF-8) transformer and attention pooling to S
+  summary tokens, so English and Japanese instructions enter the same way and
+  the per-step token count stays small; the summary can be computed once per
+  instruction and passed back as ``lang_summary`` (the policy caches it).
+- Stem (per embodiment): an MLP from one observation frame to one token, a
+  learned pad token for frames before the episode start, and the embodiment
+  token. The control rate enters through sinusoidal features of log(fps), so an
+  unseen machine still tells the trunk how fast it runs (RDT-1B feeds it too).
+- Head (per embodiment): its own readout queries (CrossFormer's readout groups)
+  and either an L1 chunk regressor (default; OpenVLA-OFT) or a conditional
+  flow-matching head (pi0: t ~ Beta(1.5, 1), x_t = t*noise + (1-t)*a, velocity
+  target noise - a, Euler steps at inference). Flow steps only rerun the head.
+
+Built under ``torch.device("meta")``, then ``to_empty`` and ``init_weights``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genba.data.spec import EmbodimentSpec
+from genba.model.config import ModelConfig
+from genba.model.trunk import Attention, RMSNorm, SwiGLU, Trunk, cached_constant, rotary
+
+N_RATE_FEATURES = 16
+BATCH_KEYS = ("observation.state", "observation.state_is_pad", "lang_tokens", "lang_mask")
+
+
+def rate_features(fps: float, device: torch.device) -> torch.Tensor:
+    """Sinusoidal features of log(fps), (N_RATE_FEATURES,): 1 Hz .. 10 kHz all distinct; cached."""
+    def build():
+        freqs = torch.arange(N_RATE_FEATURES // 2, dtype=torch.float32, device=device)
+        ang = math.log(fps) * (0.5 ** freqs)
+        return torch.cat((ang.sin(), ang.cos()))
+    return cached_constant(("rate", fps, torch.device(device)), build)
+
+
+def _linear_init(layer: nn.Linear, std: float) -> None:
+    nn.init.normal_(layer.weight, std=std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class LanguageEncoder(nn.Module):
+    """Bytes (B, L) -> S summary tokens (B, S, d_model) by self-attention then pooling."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w = cfg.lang_dim
+        self.cfg = cfg
+        # a bare Parameter, not nn.Embedding: its constructor's normal_ on meta imports torch._dynamo (~6 s)
+        self.embed = nn.Parameter(torch.empty(cfg.vocab_size, w))
+        self.norms = nn.ModuleList(RMSNorm(w, cfg.norm_eps) for _ in range(2 * cfg.lang_layers))
+        self.attns = nn.ModuleList(Attention(w, cfg.lang_heads, cfg.lang_heads) for _ in range(cfg.lang_layers))
+        self.mlps = nn.ModuleList(SwiGLU(w, 2 * w) for _ in range(cfg.lang_layers))
+        self.queries = nn.Parameter(torch.empty(cfg.n_lang_tokens, w))
+        self.pool_q = nn.Linear(w, w, bias=False)
+        self.pool_kv = nn.Linear(w, 2 * w, bias=False)
+        self.out_norm = RMSNorm(w, cfg.norm_eps)
+        self.proj = nn.Linear(w, cfg.d_model, bias=False)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n = int(mask.sum(-1).max().clamp_min(1))  # trim to the longest instruction in the batch
+        tokens, mask = tokens[:, :n], mask[:, :n].clone()
+        mask[:, 0] = True  # an empty instruction still attends to something (its pad byte)
+        B, L = tokens.shape
+        keep = mask[:, None, None, :]  # (B, 1, 1, L) keys that may be attended
+        x = F.embedding(tokens, self.embed)  # (B, L, w)
+        rope = rotary(L, self.cfg.lang_dim // self.cfg.lang_heads, self.cfg.rope_theta, x.device)
+        for i, (attn, mlp) in enumerate(zip(self.attns, self.mlps)):
+            x = x + attn(self.norms[2 * i](x), rope, keep)
+            x = x + mlp(self.norms[2 * i + 1](x))
+        h, w = self.cfg.lang_heads, self.cfg.lang_dim
+        q = self.pool_q(self.queries).view(1, -1, h, w // h).transpose(1, 2).expand(B, -1, -1, -1)  # (B, h, S, hd)
+        k, v = self.pool_kv(x).view(B, L, 2, h, w // h).permute(2, 0, 3, 1, 4)  # (B, h, L, hd)
+        s = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, h, S, hd)
+        return self.proj(self.out_norm(s.transpose(1, 2).reshape(B, -1, w)))  # (B, S, d_model)
+
+    def init_weights(self, std: float) -> None:
+        nn.init.normal_(self.embed, std=std)
+        for norm in (*self.norms, self.out_norm):
+            norm.init_weights()
+        for attn, mlp in zip(self.attns, self.mlps):
+            attn.init_weights(std, std)
+            mlp.init_weights(std, std)
+        nn.init.normal_(self.queries, std=std)
+        for layer in (self.pool_q, self.pool_kv, self.proj):
+            _linear_init(layer, std)
+
+
+class Stem(nn.Module):
+    """One embodiment's observation frames (B, H, obs) -> tokens (B, H, D), plus its embodiment token."""
+
+    def __init__(self, cfg: ModelConfig, spec: EmbodimentSpec) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(spec.obs_dim, cfg.stem_hidden)
+        self.fc2 = nn.Linear(cfg.stem_hidden, cfg.d_model)
+        self.pad = nn.Parameter(torch.empty(cfg.d_model))
+        self.token = nn.Parameter(torch.empty(cfg.d_model))
+
+    def forward(self, state: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
+        x = self.fc2(F.silu(self.fc1(state)))  # (B, H, D)
+        return torch.where(is_pad.unsqueeze(-1), self.pad.to(x.dtype), x)
+
+    def init_weights(self, std: float) -> None:
+        _linear_init(self.fc1, 1 / math.sqrt(self.fc1.in_features))  # inputs are normalized: unit scale
+        _linear_init(self.fc2, std)
+        nn.init.normal_(self.pad, std=std)
+        nn.init.normal_(self.token, std=std)
+
+
+class L1Head(nn.Module):
+    """Readout tokens (B, R, D) -> action chunk (B, C, A), trained with masked L1."""
+
+    def __init__(self, cfg: ModelConfig, spec: EmbodimentSpec) -> None:
+        super().__init__()
+        self.chunk, self.action_dim = cfg.chunk, spec.action_dim
+        self.readout = nn.Parameter(torch.empty(cfg.n_readout, cfg.d_model))
+        self.fc1 = nn.Linear(cfg.n_readout * cfg.d_model, cfg.head_hidden)
+        self.fc2 = nn.Linear(cfg.head_hidden, cfg.chunk * spec.action_dim)
+
+    def predict(self, ro: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(F.silu(self.fc1(ro.flatten(1))))
+        return y.view(-1, self.chunk, self.action_dim)  # (B, C, A)
+
+    def errors(self, ro: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return (self.predict(ro) - action).abs()  # (B, C, A)
+
+    def sample(self, ro: torch.Tensor, steps: int, generator: torch.Generator | None) -> torch.Tensor:
+        return self.predict(ro)
+
+    def init_weights(self, std: float) -> None:
+        nn.init.normal_(self.readout, std=std)
+        _linear_init(self.fc1, 1 / math.sqrt(self.fc1.in_features))  # readouts are RMS-normed: unit scale
+        _linear_init(self.fc2, std)
+
+
+class FlowHead(nn.Module):
+    """Conditional flow matching over the flattened chunk, conditioned on readouts and time."""
+
+    def __init__(self, cfg: ModelConfig, spec: EmbodimentSpec) -> None:
+        super().__init__()
+        self.chunk, self.action_dim = cfg.chunk, spec.action_dim
+        flat, hid = cfg.chunk * spec.action_dim, cfg.head_hidden
+        self.readout = nn.Parameter(torch.empty(cfg.n_readout, cfg.d_model))
+        self.cond = nn.Linear(cfg.n_readout * cfg.d_model, hid)
+        self.inp = nn.Linear(flat, hid)
+        self.time = nn.Linear(N_RATE_FEATURES, hid)
+        self.fc = nn.Linear(hid, hid)
+        self.out = nn.Linear(hid, flat)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        freqs = torch.arange(N_RATE_FEATURES // 2, device=t.device, dtype=t.dtype)
+        ang = t[:, None] * (2.0 ** freqs) * math.pi  # (B, F/2)
+        h = cond + self.inp(x_t.flatten(1)) + self.time(torch.cat((ang.sin(), ang.cos()), -1))
+        return self.out(F.silu(self.fc(F.silu(h)))).view_as(x_t)  # (B, C, A)
+
+    def errors(self, ro: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        B = action.shape[0]
+        t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(action)  # (B,)
+        noise = torch.randn_like(action)
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * action
+        v = self.velocity(x_t, t, self.cond(ro.flatten(1)))
+        return (v - (noise - action)).square()  # (B, C, A)
+
+    def sample(self, ro: torch.Tensor, steps: int, generator: torch.Generator | None) -> torch.Tensor:
+        cond = self.cond(ro.flatten(1))
+        x = torch.randn(ro.shape[0], self.chunk, self.action_dim, generator=generator,
+                        device=ro.device, dtype=ro.dtype)  # t = 1: pure noise
+        dt = 1.0 / steps
+        for i in range(steps):
+            t = torch.full((ro.shape[0],), 1.0 - i * dt, device=ro.device, dtype=ro.dtype)
+            x = x - dt * self.velocity(x, t, cond)
+        return x
+
+    def init_weights(self, std: float) -> None:
+        nn.init.normal_(self.readout, std=std)
+        for layer in (self.cond, self.inp, self.time, self.fc):  # unit-scale hidden activations
+            _linear_init(layer, 1 / math.sqrt(layer.in_features))
+        _linear_init(self.out, std)
+
+
+HEADS = {"l1": L1Head, "flow": FlowHead}
+
+
+class Generalist(nn.Module):
+    """Stems, language encoder, trunk and heads; ``loss`` and ``sample_actions`` on normalized batches."""
+
+    def __init__(self, cfg: ModelConfig, specs: Mapping[str, EmbodimentSpec]) -> None:
+        super().__init__()
+        if not specs:
+            raise ValueError("Generalist needs at least one embodiment spec")
+        self.cfg = cfg
+        self.specs: dict[str, EmbodimentSpec] = {}
+        self.lang = LanguageEncoder(cfg)
+        self.rate = nn.Linear(N_RATE_FEATURES, cfg.d_model)
+        self.trunk = Trunk(cfg)
+        self.stems = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        for name in sorted(specs):  # sorted: init order (and so weights) independent of dict order
+            self._add(name, specs[name])
+
+    def _add(self, name: str, spec: EmbodimentSpec) -> None:
+        if name != spec.name:
+            raise ValueError(f"embodiment key {name!r} differs from its spec's name {spec.name!r}")
+        if name in self.specs:
+            raise ValueError(f"embodiment {name!r} already has a stem and head")
+        self.specs[name] = spec
+        self.stems[name] = Stem(self.cfg, spec)
+        self.heads[name] = HEADS[self.cfg.head](self.cfg, spec)
+
+    def add_embodiment(self, spec: EmbodimentSpec) -> None:
+        """Give a new machine its stem and head (initialized) beside the pretrained trunk."""
+        ref = self.rate.weight
+        with torch.device(ref.device):
+            self._add(spec.name, spec)
+        self.stems[spec.name].to(ref.dtype)
+        self.heads[spec.name].to(ref.dtype)
+        if ref.device.type != "meta":
+            self.stems[spec.name].init_weights(self.cfg.init_std)
+            self.heads[spec.name].init_weights(self.cfg.init_std)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fill every parameter and buffer; deterministic given the torch seed; works after ``to_empty``."""
+        std = self.cfg.init_std
+        self.lang.init_weights(std)
+        _linear_init(self.rate, std)
+        self.trunk.init_weights()
+        for name in self.specs:
+            self.stems[name].init_weights(std)
+            self.heads[name].init_weights(std)
+
+    # ---- forward -----------------------------------------------------------
+    def encode_language(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Instruction bytes (B, L) and mask (B, L) -> summary tokens (B, S, D); cache it per instruction."""
+        return self.lang(tokens, mask.bool())
+
+    def readouts(self, batch: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One trunk pass over all embodiments: readout tokens {emb: (B, R, D)} and the MoE aux loss."""
+        names = list(batch)
+        for name in names:
+            self._check(name, batch[name])
+        lang = self._language(batch, names)
+        seqs = []
+        for name, summary in zip(names, lang):
+            b, stem, head = batch[name], self.stems[name], self.heads[name]
+            B = b["observation.state"].shape[0]
+            ident = (stem.token + self.rate(rate_features(self.specs[name].fps, stem.token.device))).to(summary.dtype)
+            obs = stem(b["observation.state"].to(summary.dtype), b["observation.state_is_pad"].bool())  # (B, H, D)
+            seqs.append(torch.cat((summary, ident.expand(B, 1, -1), obs,
+                                   head.readout.to(summary.dtype).expand(B, -1, -1)), dim=1))  # (B, T, D)
+        x, aux = self.trunk(torch.cat(seqs, dim=0))  # (sum B, T, D)
+        R = self.cfg.n_readout
+        parts = x[:, -R:].split([s.shape[0] for s in seqs])
+        return dict(zip(names, parts)), aux
+
+    def _language(self, batch, names) -> list[torch.Tensor]:
+        """Summaries per embodiment: the cached ``lang_summary`` when given, else one encoder pass for all."""
+        todo = [n for n in names if "lang_summary" not in batch[n]]
+        done = {n: batch[n]["lang_summary"] for n in names if n not in todo}
+        if todo:
+            tokens = torch.cat([batch[n]["lang_tokens"] for n in todo])
+            mask = torch.cat([batch[n]["lang_mask"] for n in todo])
+            enc = self.encode_language(tokens, mask).split([batch[n]["lang_tokens"].shape[0] for n in todo])
+            done.update(zip(todo, enc))
+        return [done[n] for n in names]
+
+    def _check(self, name: str, b: Mapping[str, torch.Tensor]) -> None:
+        if name not in self.specs:
+            raise KeyError(f"batch has embodiment {name!r} but the model knows {sorted(self.specs)}")
+        missing = [k for k in BATCH_KEYS if k not in b and not (k.startswith("lang") and "lang_summary" in b)]
+        if missing:
+            raise KeyError(f"batch[{name!r}] lacks {missing}")
+        H, obs = self.cfg.history, self.specs[name].obs_dim
+        shape = tuple(b["observation.state"].shape)
+        if len(shape) != 3 or shape[1:] != (H, obs):
+            raise ValueError(f"batch[{name!r}]['observation.state'] has shape {shape}, expected (B, {H}, {obs})")
+
+    def loss(self, batch: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Masked action loss (per embodiment averaged, then mean over embodiments) + MoE aux loss."""
+        ro, aux = self.readouts(batch)
+        per = {}
+        for name, r in ro.items():
+            b, A = batch[name], self.specs[name].action_dim
+            action = b["action"].to(r.dtype)
+            if tuple(action.shape[1:]) != (self.cfg.chunk, A):
+                raise ValueError(f"batch[{name!r}]['action'] has shape {tuple(action.shape)}, "
+                                 f"expected (B, {self.cfg.chunk}, {A})")
+            pad = b["action_is_pad"].bool().unsqueeze(-1)  # (B, C, 1)
+            action = action.masked_fill(pad, 0.0)  # padded steps must not leak into the flow head's input
+            err = self.heads[name].errors(r, action).float()  # (B, C, A)
+            valid = (~pad).float()
+            per[name] = (err * valid).sum() / (valid.sum() * A).clamp_min(1.0)
+        action_loss = torch.stack(list(per.values())).mean()
+        loss = action_loss + self.cfg.aux_loss_coef * aux if self.cfg.n_experts else action_loss
+        metrics = {"loss": loss.item(), "loss/action": action_loss.item()}
+        metrics.update({f"loss/{n}": v.item() for n, v in per.items()})
+        if self.cfg.n_experts:
+            metrics["loss/aux"] = aux.item()
+            metrics["moe/max_load"] = self.max_expert_load()
+        return loss, metrics
+
+    @torch.no_grad()
+    def sample_actions(self, batch: Mapping[str, Mapping[str, torch.Tensor]],
+                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Normalized action chunks {emb: (B, C, A)}; ``generator`` seeds the flow head's noise."""
+        ro, _ = self.readouts(batch)
+        return {n: self.heads[n].sample(r, self.cfg.flow_steps, generator) for n, r in ro.items()}
+
+    def max_expert_load(self) -> float:
+        """Largest expert load over the mean load in the last forward, across MoE layers (1.0 = balanced)."""
+        loads = self.trunk.expert_load().values()
+        return max((float(l.max() / l.mean().clamp_min(1e-9)) for l in loads), default=1.0)

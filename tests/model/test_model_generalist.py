@@ -1,0 +1,125 @@
+import dataclasses
+
+import pytest
+import torch
+
+from genba.model.config import get_preset
+from genba.model.generalist import Generalist
+
+from model_synth import build, make_batch, make_spec
+
+
+def test_shapes_mixed_embodiments(debug_cfg, specs):
+    model = build(debug_cfg, specs)
+    batch = make_batch(debug_cfg, specs, B=3)
+    batch["drive"] = {k: v[:2] for k, v in batch["drive"].items()}  # unequal batch sizes per embodiment
+    loss, metrics = model.loss(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert {"loss", "loss/action", "loss/arm", "loss/drive"} <= set(metrics)
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters()), "every parameter gets a gradient"
+    out = model.sample_actions(batch)
+    assert out["arm"].shape == (3, debug_cfg.chunk, 3) and out["drive"].shape == (2, debug_cfg.chunk, 2)
+
+
+def test_masked_loss_ignores_padding(debug_cfg, specs):
+    model = build(debug_cfg, specs)
+    batch = make_batch(debug_cfg, specs)
+    for b in batch.values():
+        b["action_is_pad"][:, -2:] = True
+    torch.manual_seed(1)
+    ref, _ = model.loss(batch)
+    for b in batch.values():
+        b["action"][:, -2:] = 1e3  # garbage where padded
+    torch.manual_seed(1)
+    again, _ = model.loss(batch)
+    assert torch.allclose(ref, again)
+    batch["arm"]["action"][:, 0] += 5.0  # a valid step does count
+    torch.manual_seed(1)
+    assert not torch.allclose(ref, model.loss(batch)[0])
+
+
+def test_padded_history_uses_pad_token(specs):
+    cfg = get_preset("debug")
+    model = build(cfg, specs)
+    batch = make_batch(cfg, specs)
+    batch["arm"]["observation.state_is_pad"][:, 0] = True
+    ref = model.sample_actions(batch)["arm"]
+    batch["arm"]["observation.state"][:, 0] = 99.0  # padded frame's value must not matter
+    assert torch.allclose(ref, model.sample_actions(batch)["arm"])
+
+
+def test_init_deterministic_and_after_to_empty(specs):
+    cfg = get_preset("debug")
+    a, b, c = build(cfg, specs, seed=3), build(cfg, specs, seed=3), build(cfg, specs, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    reversed_specs = dict(reversed(list(specs.items())))  # spec order must not change weights
+    sd = build(cfg, reversed_specs, seed=3).state_dict()
+    assert all(torch.equal(sa[k], sd[k]) for k in sa)
+
+
+def test_cached_language_summary_matches(specs):
+    cfg = get_preset("debug")
+    model = build(cfg, specs).eval()
+    batch = make_batch(cfg, specs)
+    ref = model.sample_actions(batch)
+    for b in batch.values():
+        b["lang_summary"] = model.encode_language(b.pop("lang_tokens"), b.pop("lang_mask"))
+    out = model.sample_actions(batch)
+    assert all(torch.allclose(ref[n], out[n], atol=1e-6) for n in ref)
+
+
+def test_instruction_changes_the_output_english_and_japanese(specs):
+    cfg = get_preset("debug")
+    model = build(cfg, specs)
+    en = model.sample_actions(make_batch(cfg, specs, text="open the drawer"))["arm"]
+    ja = model.sample_actions(make_batch(cfg, specs, text="引き出しを開ける"))["arm"]
+    assert torch.isfinite(ja).all() and not torch.allclose(en, ja)
+
+
+def test_add_embodiment_keeps_trunk(specs):
+    cfg = get_preset("debug")
+    model = build(cfg, specs)
+    before = {k: v.clone() for k, v in model.trunk.state_dict().items()}
+    new = make_spec("crane", 5, 4)
+    model.add_embodiment(new)
+    assert all(torch.equal(before[k], v) for k, v in model.trunk.state_dict().items())
+    batch = make_batch(cfg, {"crane": new})
+    assert model.sample_actions(batch)["crane"].shape == (3, cfg.chunk, 4)
+    with pytest.raises(ValueError, match="already"):
+        model.add_embodiment(new)
+
+
+def test_bad_batch_errors_name_the_input(specs):
+    cfg = get_preset("debug")
+    model = build(cfg, specs)
+    batch = make_batch(cfg, specs)
+    with pytest.raises(KeyError, match="robot"):
+        model.loss({"robot": batch["arm"]})
+    batch["arm"]["observation.state"] = batch["arm"]["observation.state"][..., :5]
+    with pytest.raises(ValueError, match="observation.state"):
+        model.loss(batch)
+
+
+@pytest.mark.parametrize("head,steps,lr,factor", [("l1", 120, 3e-3, 0.3), ("flow", 150, 5e-3, 0.6)])
+def test_overfits_a_tiny_batch(specs, head, steps, lr, factor):
+    """A few steps on one batch: the sampled chunks approach the targets (for both heads)."""
+    cfg = dataclasses.replace(get_preset("debug"), head=head)
+    model = build(cfg, specs)
+    batch = make_batch(cfg, specs, B=2)
+
+    def error() -> float:
+        out = model.sample_actions(batch, generator=torch.Generator().manual_seed(0))
+        return sum((out[n] - batch[n]["action"]).abs().mean().item() for n in out) / len(out)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    torch.manual_seed(0)
+    first = error()
+    for _ in range(steps):
+        loss, _ = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert error() < factor * first, (first, error())

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genba.model.bundle import BundleError, load_model, save_bundle
+from genba.model.config import get_preset
+from genba.model.policy import Policy, load_policy
+
+from model_synth import build, make_specs, make_stats
+
+
+@pytest.fixture
+def ckpt(tmp_path, debug_cfg):
+    specs = make_specs()
+    model = build(debug_cfg, specs)
+    save_bundle(tmp_path / "ckpt", model, stats=make_stats(specs), preset="debug", lineage={"run": "test"})
+    return tmp_path / "ckpt", model
+
+
+def obs(name="arm", dim=7, value=0.3, text="pick up the block"):
+    return {"embodiment": name, "state": np.full(dim, value, dtype=np.float32), "instruction": text}
+
+
+def rollout(policy, n=6):
+    policy.reset()
+    return np.stack([policy.infer(obs(value=0.1 * i)) for i in range(n)])
+
+
+def test_round_trip_same_actions(ckpt):
+    path, model = ckpt
+    manifest = json.loads((path / "genba.json").read_text())
+    assert manifest["preset"] == "debug" and set(manifest["specs"]) == {"arm", "drive"}
+    assert manifest["lineage"] == {"run": "test"} and manifest["tokenizer"]["max_len"] == model.cfg.max_lang_len
+    stats = make_stats(make_specs())
+    direct = Policy(model, stats, device="cpu")
+    loaded = load_policy(path, preset="debug", device="cpu")
+    a, b = rollout(direct), rollout(loaded)
+    assert a.shape == (6, 3) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rollout(loaded), b, rtol=1e-5, atol=1e-6)  # reset makes it repeatable
+    reloaded, _ = load_model(path)
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_actions_are_unnormalized(ckpt):
+    path, model = ckpt
+    stats = make_stats(make_specs())
+    policy = load_policy(path, device="cpu", execute="replan", replan_every=1)
+    chunk = policy.infer_chunk(obs())
+    policy.reset()
+    policy.infer(obs())
+    mean, std = stats["arm"]["action"]["mean"], stats["arm"]["action"]["std"]
+    assert chunk.shape == (model.cfg.chunk, 3)
+    # a fresh debug model predicts ~0 normalized, i.e. ~mean in machine units
+    np.testing.assert_allclose(chunk.mean(0), mean, atol=2 * std.max())
+
+
+def test_wrong_preset_is_refused(ckpt):
+    path, _ = ckpt
+    with pytest.raises(BundleError, match="preset 'debug', not the requested 'small'"):
+        load_policy(path, preset="small")
+    manifest = json.loads((path / "genba.json").read_text())
+    manifest["config"] = get_preset("tiny").to_dict()  # weights of debug, config of tiny
+    (path / "genba.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="do not match the config"):
+        load_policy(path)
+
+
+def test_truncated_weights_are_refused(ckpt):
+    path, _ = ckpt
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="model.safetensors.*truncated"):
+        load_policy(path)
+    manifest = json.loads((path / "genba.json").read_text())
+    del manifest["weights"]  # no recorded size: the safetensors reader must still catch it
+    (path / "genba.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="truncated or corrupt"):
+        load_policy(path)
+
+
+def test_missing_checkpoint_is_clear(tmp_path):
+    with pytest.raises(BundleError, match="genba.json: not found"):
+        load_policy(tmp_path)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"embodiment": "robot"}, r"obs\['embodiment'\] 'robot' is unknown"),
+    ({"state": np.zeros(5)}, r"obs\['state'\] has shape \(5,\), expected \(7,\)"),
+    ({"state": np.array([0, 0, np.nan, 0, 0, 0, 0])}, r"obs\['state'\] holds non-finite values \(arm_o2=nan\)"),
+    ({"state": np.array([0, 0, 0, 0, 0, 0, np.inf])}, r"obs\['state'\] holds non-finite"),
+    ({"instruction": None}, r"obs\['instruction'\] must be a str"),
+])
+def test_bad_observations_name_the_field(ckpt, bad, match):
+    policy = load_policy(ckpt[0], device="cpu")
+    with pytest.raises(ValueError, match=match):
+        policy.infer({**obs(), **bad})
+    with pytest.raises(ValueError, match="lacks 'state'"):
+        policy.infer({"embodiment": "arm", "instruction": "x"})
+
+
+def test_replan_plays_the_chunk_open_loop(ckpt):
+    policy = load_policy(ckpt[0], device="cpu", execute="replan", replan_every=2)
+    calls = []
+    original = policy._predict
+    policy._predict = lambda: calls.append(1) or original()
+    for i in range(5):
+        policy.infer(obs(value=0.1 * i))
+    assert len(calls) == 3  # steps 0, 2, 4
+
+
+def test_ensemble_averages_overlapping_chunks(ckpt):
+    policy = load_policy(ckpt[0], device="cpu", execute="ensemble", ensemble_m=0.0)
+    chunks = [np.full((policy.cfg.chunk, 3), float(k)) for k in range(3)]
+    policy._predict = lambda: chunks.pop(0)
+    assert np.allclose(policy.infer(obs()), 0.0)
+    assert np.allclose(policy.infer(obs()), 0.5)  # mean of chunk0[1] and chunk1[0]
+    assert np.allclose(policy.infer(obs()), 1.0)
+
+
+def test_history_and_instruction_cache(ckpt):
+    policy = load_policy(ckpt[0], device="cpu")
+    policy.infer(obs())
+    summary = policy._lang[1]
+    policy.infer(obs(value=1.0))
+    assert policy._lang[1] is summary and len(policy._history) == policy.cfg.history
+    policy.infer(obs(text="ブロックを持ち上げる"))
+    assert policy._lang[1] is not summary
+    policy.infer(obs("drive", 4))  # another machine: a fresh episode
+    assert len(policy._history) == 1
+
+
+def test_save_refuses_a_state_dict_of_another_shape(tmp_path, debug_cfg):
+    specs = make_specs()
+    model = build(debug_cfg, specs)
+    sd = model.state_dict()
+    sd["trunk.norm.weight"] = torch.ones(3)
+    with pytest.raises(BundleError, match="trunk.norm.weight"):
+        save_bundle(tmp_path / "c", model, stats=make_stats(specs), state_dict=sd)
+    assert not (tmp_path / "c" / "genba.json").exists()
+    with pytest.raises(BundleError, match="no normalization stats"):
+        save_bundle(tmp_path / "d", model, stats={})
