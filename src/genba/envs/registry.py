@@ -43,6 +43,11 @@ class Task:
     make_env: Callable[[int], gym.Env]  # seed -> env; info["success"] on every step
     make_expert: Callable[[gym.Env], Expert]
     groups: tuple[str, ...] = ()
+    # How an episode ends for collectors and evaluators. None: it runs to
+    # max_steps and success is judged on the last step (drives, arms). An int n:
+    # success counts once reached and the episode stops n steps later (Meta-World,
+    # whose success is "reached at some step"; the extra frames teach holding).
+    stop_after_success: int | None = None
 
     @property
     def embodiment(self) -> str:

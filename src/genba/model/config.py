@@ -70,7 +70,7 @@ class ModelConfig:
     # step layout (read by the trainer and the data reader)
     history: int = 2  # H observation frames, oldest first
     chunk: int = 8  # C actions predicted per step
-    max_lang_len: int = 96  # L instruction bytes (UTF-8; Japanese is 3 bytes/char)
+    max_lang_len: int = 128  # L instruction bytes (UTF-8; Japanese is 3 bytes/char)
     n_readout: int = 2
     # language encoder (byte level, vocab 257: 0 = pad, byte b -> b + 1)
     vocab_size: int = 257
