@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "genba.eval.commands",
     "genba.serve.commands",
     "genba.train.plan",
+    "genba.train.finetune",
     "genba.demo",
 )
 

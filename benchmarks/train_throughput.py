@@ -1,0 +1,118 @@
+"""Training throughput of a preset (default `small`): samples/s and fraction of the matmul peak.
+
+One process, one thread (as torchrun gives each rank), the trainer's own
+optimizer and step (forward, backward, clip, AdamW) on batches of the shapes
+training sees (three nominal embodiments mixed, or real datasets with --data).
+FLOPs per sample are counted by ``torch.utils.flop_counter`` on one training
+step (matmuls and attention, forward + backward) and compared with the usual
+``6 * N_trunk * tokens`` estimate; achieved FLOP/s over the peak measured by
+``matmul_peak.py`` in the same dtype is the utilization.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_throughput.py [--preset small] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+import matmul_peak  # noqa: E402
+
+from genba.model.commands import nominal_specs  # noqa: E402
+from genba.model.config import get_preset  # noqa: E402
+from genba.train.config import get_train_preset  # noqa: E402
+from genba.train.trainer import build_model, build_optimizer  # noqa: E402
+
+
+def synthetic_batch(cfg, specs, batch_size: int, seed: int = 0) -> dict:
+    """Normalized-looking inputs split evenly over the embodiments, instructions of ~40 bytes."""
+    g = torch.Generator().manual_seed(seed)
+    names = sorted(specs)
+    out = {}
+    for i, name in enumerate(names):
+        B = batch_size // len(names) + (1 if i < batch_size % len(names) else 0)
+        s, L = specs[name], cfg.max_lang_len
+        mask = torch.arange(L)[None, :] < torch.randint(20, min(L, 60) + 1, (B, 1), generator=g)
+        out[name] = {"observation.state": torch.randn(B, cfg.history, s.obs_dim, generator=g),
+                     "observation.state_is_pad": torch.zeros(B, cfg.history, dtype=torch.bool),
+                     "lang_tokens": torch.randint(1, 257, (B, L), generator=g) * mask, "lang_mask": mask,
+                     "action": torch.randn(B, cfg.chunk, s.action_dim, generator=g),
+                     "action_is_pad": torch.zeros(B, cfg.chunk, dtype=torch.bool)}
+    return out
+
+
+def step_fn(model, optimizer, precision: str):
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss, _ = model.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure(preset: str, precision: str, batch_size: int, steps: int) -> dict:
+    cfg, tcfg = get_preset(preset), get_train_preset("small").replace(model=preset)
+    specs = nominal_specs()
+    model = build_model(cfg, specs, torch.device("cpu"), seed=0)
+    optimizer = build_optimizer(model, tcfg)
+    step = step_fn(model, optimizer, precision)
+    batches = [synthetic_batch(cfg, specs, batch_size, seed=i) for i in range(4)]
+    with FlopCounterMode(display=False) as fc:
+        step(batches[0])
+    flops_per_sample = fc.get_total_flops() / batch_size
+    for b in batches[1:]:  # warm-up: allocator, oneDNN kernel choice
+        step(b)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    dt = time.perf_counter() - t0
+    trunk = sum(p.numel() for n, p in model.named_parameters() if n.startswith("trunk."))
+    return {"preset": preset, "precision": precision, "batch_size": batch_size,
+            "params": sum(p.numel() for p in model.parameters()), "trunk_params": trunk,
+            "tokens_per_sample": cfg.tokens_per_step, "samples_per_s": steps * batch_size / dt,
+            "step_ms": 1e3 * dt / steps, "flops_per_sample_counted": flops_per_sample,
+            "flops_per_sample_6NT": 6.0 * trunk * cfg.tokens_per_step}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    peak = matmul_peak.measure(threads=1, seconds=0.5)
+    rows = []
+    for prec in args.precision:
+        r = measure(args.preset, prec, args.batch_size, args.steps)
+        r["peak_gflops"] = peak[prec]["peak"]
+        r["achieved_gflops"] = r["samples_per_s"] * r["flops_per_sample_counted"] / 1e9
+        r["fraction_of_peak"] = r["achieved_gflops"] / r["peak_gflops"]
+        rows.append(r)
+        print(f"{args.preset} {prec}: {r['samples_per_s']:,.0f} samples/s ({r['step_ms']:.0f} ms/step at batch "
+              f"{args.batch_size}); {r['flops_per_sample_counted'] / 1e6:.1f} MFLOP/sample counted "
+              f"(6*N*T estimate {r['flops_per_sample_6NT'] / 1e6:.1f}); {r['achieved_gflops']:.1f} GFLOP/s = "
+              f"{100 * r['fraction_of_peak']:.0f}% of the {r['peak_gflops']:.0f} GFLOP/s {prec} matmul peak "
+              f"[{r['params'] / 1e6:.2f}M params, 1 thread]")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    np.set_printoptions()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Closed-loop rollouts of a checkpoint (or the scripted experts) on registered tasks.
+
+Episodes are split into jobs of up to ``lockstep`` episodes of one task; worker
+processes (spawned, one BLAS thread each) run a job's envs in lockstep and ask
+the model for all of them in one batched call. Seeds come from
+``genba.envs.seeds.eval_seed``: disjoint from every training demonstration.
+
+Stop rules follow the task: with ``stop_after_success`` set (Meta-World) an
+episode ends at its first success and succeeds if success was ever reached;
+otherwise (drives, arms) it runs its fixed length and is judged on the last
+step. Actions outside the spec limits are counted as violations, then clipped
+before they reach the env.
+
+:class:`BatchedPolicy` is the batched twin of ``genba.model.policy.Policy``:
+the same transforms (Normalize, tokenize, Unnormalize), history padding and
+chunk execution (temporal ensembling or re-planning), for N envs at once; a
+test checks it gives what N separate ``Policy`` objects give.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from genba.data.transforms import Normalize, TokenizeInstruction, Unnormalize
+from genba.envs import registry
+from genba.envs.seeds import eval_seed
+from genba.eval.metrics import EpisodeResult, count_violations
+
+EXPERT = "expert"  # pseudo-checkpoint: the tasks' scripted experts through the same harness
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``genba eval`` runs; every CLI flag maps to one field."""
+
+    checkpoint: str  # a checkpoint directory, or "expert"
+    tasks: tuple[str, ...]
+    episodes: int = 50
+    lang: str = "en"
+    workers: int = 2
+    lockstep: int = 10  # envs stepped together (one batched model call) per job
+    seed_base: int = 0
+    max_steps: int | None = None  # cap below the task's horizon (tests)
+    execute: str = "ensemble"
+    replan_every: int | None = None
+    trace_drives: bool = True  # record reference vs actual of episode 0 of each drive task
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.workers < 1 or self.lockstep < 1:
+            raise ValueError("episodes, workers and lockstep must be >= 1")
+        if self.lang not in ("en", "ja"):
+            raise ValueError(f"lang {self.lang!r}: expected 'en' or 'ja'")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+
+# ---- the batched policy ----------------------------------------------------------
+class BatchedPolicy:
+    """N lockstep control streams of one embodiment and instruction, one model call per step."""
+
+    def __init__(self, model, stats, *, execute: str = "ensemble", replan_every: int | None = None,
+                 ensemble_m: float = 0.1, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        if execute not in ("ensemble", "replan"):
+            raise ValueError(f"execute {execute!r}: expected 'ensemble' or 'replan'")
+        self.model, self.cfg, self.device = model.eval(), model.cfg, torch.device(device)
+        self.execute, self.ensemble_m, self.seed = execute, ensemble_m, seed
+        self.replan_every = replan_every if replan_every is not None else max(1, self.cfg.chunk // 2)
+        self._normalize, self._unnormalize = Normalize(stats), Unnormalize(stats)
+        self._tokenize = TokenizeInstruction(self.cfg.max_lang_len)
+
+    @torch.inference_mode()
+    def reset(self, n: int, embodiment: str, instruction: str) -> None:
+        """Start N episodes: empty histories and chunk queues, the instruction encoded once."""
+        if embodiment not in self.model.specs:
+            raise ValueError(f"embodiment {embodiment!r} is unknown to this checkpoint; it knows "
+                             f"{sorted(self.model.specs)}")
+        self.n, self.embodiment, self.t = n, embodiment, 0
+        self._frames: list[np.ndarray] = []  # per step (N, obs)
+        self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, (N, C, A))
+        tok = self._tokenize({"instruction": instruction})
+        tokens = torch.as_tensor(tok["lang_tokens"], device=self.device)[None]
+        mask = torch.as_tensor(tok["lang_mask"], device=self.device)[None]
+        self._lang = self.model.encode_language(tokens, mask)  # (1, S, D)
+        self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Actions (N, A) for observations (N, obs_dim) of this step (finished envs may pass anything)."""
+        self._frames.append(np.asarray(obs, dtype=np.float32))
+        t, self.t = self.t, self.t + 1
+        if self.execute == "replan":
+            if not self._chunks or t - self._chunks[-1][0] >= self.replan_every:
+                self._chunks = [(t, self._predict())]
+            start, chunk = self._chunks[-1]
+            return chunk[:, t - start].copy()
+        self._chunks = [(s, c) for s, c in self._chunks if t - s < c.shape[1]] + [(t, self._predict())]
+        weights = np.array([math.exp(-self.ensemble_m * (t - s)) for s, _ in self._chunks])
+        preds = np.stack([c[:, t - s] for s, c in self._chunks])  # (K, N, A)
+        return (preds * (weights / weights.sum())[:, None, None]).sum(0).astype(np.float32)
+
+    @torch.inference_mode()
+    def _predict(self) -> np.ndarray:
+        H = self.cfg.history
+        frames = self._frames[-H:]
+        pad = H - len(frames)
+        hist = np.stack([frames[0]] * pad + frames, axis=1)  # (N, H, obs), oldest first
+        norm = self._normalize({"embodiment": self.embodiment, "observation.state": hist})
+        state = torch.as_tensor(np.asarray(norm["observation.state"], np.float32), device=self.device)
+        is_pad = (torch.arange(H, device=self.device) < pad).expand(self.n, H)
+        batch = {self.embodiment: {"observation.state": state, "observation.state_is_pad": is_pad,
+                                   "lang_summary": self._lang.expand(self.n, -1, -1)}}
+        out = self.model.sample_actions(batch, generator=self._gen)[self.embodiment].float().cpu().numpy()
+        act = self._unnormalize({"embodiment": self.embodiment, "action": out})["action"]
+        return np.asarray(act, dtype=np.float32)  # (N, C, A)
+
+
+class ExpertPolicy:
+    """The tasks' scripted experts behind the BatchedPolicy interface (one per env)."""
+
+    def __init__(self, experts: list) -> None:
+        self.experts = experts
+
+    def reset(self, n: int, embodiment: str, instruction: str) -> None:
+        for e in self.experts[:n]:
+            e.reset()
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return np.stack([e.act(o) for e, o in zip(self.experts, obs)]).astype(np.float32)
+
+
+# ---- one job in a worker ---------------------------------------------------------
+_CACHE: dict[Any, Any] = {}  # per process: loaded policies and built envs
+
+
+def load_batched_policy(checkpoint: str, cfg: EvalConfig) -> BatchedPolicy:
+    """The checkpoint's model as a BatchedPolicy (cached per process)."""
+    key = ("policy", checkpoint, cfg.execute, cfg.replan_every)
+    if key not in _CACHE:
+        from genba.model.bundle import bundle_stats, load_model
+
+        model, manifest = load_model(checkpoint, device="cpu")
+        _CACHE[key] = BatchedPolicy(model, bundle_stats(manifest, checkpoint), execute=cfg.execute,
+                                    replan_every=cfg.replan_every)
+    return _CACHE[key]
+
+
+def _env(task: registry.Task, slot: int, seed: int):
+    key = ("env", task.id, slot)
+    if key not in _CACHE:
+        _CACHE[key] = task.make_env(seed)
+    return _CACHE[key]
+
+
+def run_job(job: tuple[EvalConfig, str, list[tuple[int, int]]]) -> list[EpisodeResult]:
+    """Worker entry: ``(cfg, task_id, [(k, seed), ...])`` -> one result per episode, run in lockstep."""
+    cfg, task_id, episodes = job
+    torch.set_num_threads(1)
+    task = registry.get_task(task_id)
+    envs = [_env(task, j, seed) for j, (_, seed) in enumerate(episodes)]
+    if cfg.checkpoint == EXPERT:
+        policy = ExpertPolicy([task.make_expert(env) for env in envs])
+    else:
+        policy = load_batched_policy(cfg.checkpoint, cfg)
+    return run_lockstep(task, envs, policy, episodes, cfg)
+
+
+def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[int, int]],
+                 cfg: EvalConfig) -> list[EpisodeResult]:
+    """Step ``envs`` together until each has finished by the task's stop rule."""
+    n, spec = len(envs), task.spec
+    low, high = np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32)
+    obs = np.stack([env.reset(seed=seed)[0] for env, (_, seed) in zip(envs, episodes)])
+    policy.reset(n, spec.name, task.instruction(cfg.lang))
+    horizon = min(task.max_steps, cfg.max_steps or task.max_steps)
+    live = np.ones(n, bool)
+    st = _Tally(n, trace=[cfg.trace_drives and k == 0 and task.id.startswith("drive/") for k, _ in episodes])
+    for t in range(horizon):
+        actions = policy.act(obs)
+        for i in np.flatnonzero(live):
+            st.record(i, obs[i], actions[i])
+            st.violations[i] += count_violations(actions[i], low, high)
+            o, r, terminated, truncated, info = envs[i].step(np.clip(actions[i], low, high))
+            obs[i] = o
+            st.length[i], st.ret[i], st.last_success[i] = t + 1, st.ret[i] + float(r), bool(info["success"])
+            st.ever_success[i] |= bool(info["success"])
+            if "tracking_error" in info:
+                st.errors[i].append(float(info["tracking_error"]))
+            stop_now = task.stop_after_success is not None and info["success"]
+            if terminated or truncated or stop_now:
+                live[i] = False
+        if not live.any():
+            break
+    return [st.result(i, task, k, seed) for i, (k, seed) in enumerate(episodes)]
+
+
+@dataclass
+class _Tally:
+    n: int
+    trace: list[bool]
+    length: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.length = np.zeros(self.n, int)
+        self.ret = np.zeros(self.n)
+        self.violations = np.zeros(self.n, int)
+        self.last_success = np.zeros(self.n, bool)
+        self.ever_success = np.zeros(self.n, bool)
+        self.errors: list[list[float]] = [[] for _ in range(self.n)]
+        self.obs: list[list[np.ndarray]] = [[] for _ in range(self.n)]
+        self.actions: list[list[np.ndarray]] = [[] for _ in range(self.n)]
+
+    def record(self, i: int, obs: np.ndarray, action: np.ndarray) -> None:
+        if self.trace[i]:
+            self.obs[i].append(obs.copy())
+            self.actions[i].append(action.copy())
+
+    def result(self, i: int, task: registry.Task, k: int, seed: int) -> EpisodeResult:
+        hold = task.stop_after_success is not None
+        trace = None
+        if self.trace[i] and self.obs[i]:
+            trace = {"obs_names": list(task.spec.obs_names), "obs": np.stack(self.obs[i]).tolist(),
+                     "action": np.stack(self.actions[i]).tolist(), "tracking_error": self.errors[i],
+                     "control_period": task.spec.control_period}
+        return EpisodeResult(
+            task=task.id, embodiment=task.spec.name, seed=seed,
+            success=bool(self.ever_success[i] if hold else self.last_success[i]), length=int(self.length[i]),
+            violations=int(self.violations[i]), ret=float(self.ret[i]),
+            tracking_error=float(np.mean(self.errors[i])) if self.errors[i] else None, trace=trace)
+
+
+# ---- the evaluation ---------------------------------------------------------------
+def plan_jobs(cfg: EvalConfig) -> list[tuple[EvalConfig, str, list[tuple[int, int]]]]:
+    """Every (task, episode k, eval seed), cut into lockstep jobs; biggest tasks first."""
+    jobs = []
+    for task_id in cfg.tasks:
+        eps = [(k, eval_seed(task_id, k, cfg.seed_base)) for k in range(cfg.episodes)]
+        jobs += [(cfg, task_id, eps[i:i + cfg.lockstep]) for i in range(0, len(eps), cfg.lockstep)]
+    return jobs
+
+
+def iter_results(cfg: EvalConfig) -> Iterator[list[EpisodeResult]]:
+    """Results job by job as workers finish them (spawned processes, OMP_NUM_THREADS=1)."""
+    from genba.envs.collect import parallel_map
+
+    jobs = plan_jobs(cfg)
+    yield from parallel_map(run_job, jobs, min(cfg.workers, len(jobs)))
+
+
+def resolve_target(checkpoint: str | os.PathLike) -> str:
+    """``expert``, or the checkpoint directory a path names (a run dir resolves to its latest)."""
+    if str(checkpoint) == EXPERT:
+        return EXPERT
+    from genba.train.checkpoint import resolve_checkpoint
+
+    return str(resolve_checkpoint(Path(checkpoint)))
+
+
+def evaluate(cfg: EvalConfig, out_dir: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Run every episode of ``cfg`` (progress bar over episodes) and write the report when ``out_dir`` is given.
+
+    Returns the results document (``genba.eval.report.build_results``).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from genba.eval.report import build_results, write_report
+
+    episodes: list[EpisodeResult] = []
+    total = cfg.episodes * len(cfg.tasks)
+    columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("success {task.fields[ok]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("eval", total=total, ok=0)
+        for results in iter_results(cfg):
+            episodes += results
+            bar.update(task, advance=len(results), ok=sum(e.success for e in episodes))
+    order = {t: i for i, t in enumerate(cfg.tasks)}
+    episodes.sort(key=lambda e: (order[e.task], e.seed))
+    config = {**asdict(cfg), "tasks": list(cfg.tasks)}
+    if out_dir is not None:
+        return write_report(out_dir, episodes, config)
+    return build_results(episodes, config)
