@@ -1,0 +1,54 @@
+"""Shared fixtures: a toy embodiment with every kind of limit, a fake policy backend, a token store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genba.data.spec import EmbodimentSpec, SafetyLimits
+from genba.serve.auth import TokenStore
+from genba.serve.server import PolicyBackend
+
+
+def toy_spec(name: str = "toy", dt: float = 0.01, **safety) -> EmbodimentSpec:
+    limits = dict(max_rate=(5.0, 5.0, 2.0), max_accel=(50.0, 50.0, 40.0), max_jerk=(2000.0, 2000.0, 1500.0),
+                  position_obs_index=(0, 1, -1), position_low=(-0.5, -0.5, 0.0), position_high=(0.5, 0.5, 0.0))
+    limits.update(safety)
+    return EmbodimentSpec(
+        name=name, robot_type="arm", obs_names=("x", "y", "z", "tx", "ty"), obs_units=("m",) * 5,
+        obs_low=(-1.0,) * 5, obs_high=(1.0,) * 5, action_names=("vx", "vy", "grip"),
+        action_units=("m/s", "m/s", "1"), action_low=(-1.0, -1.0, -0.5), action_high=(1.0, 1.0, 1.0),
+        control_period=dt, action_meaning="joint velocity", safety=SafetyLimits(**limits))
+
+
+class FakePolicy:
+    """Policy interface; the chunk is a fixed function of the state (or a scripted output)."""
+
+    calls = 0
+
+    def __init__(self, chunk: int, dim: int, script=None) -> None:
+        self.chunk, self.dim, self.script = chunk, dim, script
+
+    def reset(self) -> None:
+        pass
+
+    def infer_chunk(self, obs):
+        FakePolicy.calls += 1
+        if self.script is not None:
+            return np.asarray(self.script(obs), dtype=np.float32)
+        s = np.asarray(obs["state"], dtype=np.float32)
+        return np.tile(np.array([0.5, -0.5, 0.2], np.float32) * np.sign(s[3] + 1e-3), (self.chunk, 1))
+
+
+def fake_backend(chunk: int = 4, script=None, specs=None) -> PolicyBackend:
+    specs = specs or {"toy": toy_spec(), "other": toy_spec("other")}
+    return PolicyBackend(lambda: FakePolicy(chunk, 3, script), chunk=chunk, specs=specs,
+                         meta={"model": {"preset": "fake"}, "lineage": {"dataset": "none"}})
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    store = TokenStore(tmp_path / "tokens.json")
+    store.add_org("acme", ["toy"], can_reset_estop=True)
+    store.add_org("globex", ["other"])
+    return store
