@@ -272,3 +272,15 @@ def test_duplicate_task_strings_refused(tmp_path):
     spec = make_spec()
     with pytest.raises(DatasetError, match="unique task strings"):
         write_dataset(tmp_path / "d", coded_episodes(spec, [3]), spec, [TASKS[0], dict(TASKS[0], ja="別")])
+
+
+def test_one_axis_action_round_trips(tmp_path):
+    """A single-axis machine (a DC drive) stores its action as a scalar column, as LeRobot does."""
+    spec = make_spec("dc1", obs_dim=3, act_dim=1)
+    eps = coded_episodes(spec, [5, 7])
+    root = write_dataset(tmp_path / "dc1", eps, spec, TASKS)
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["features"]["action"]["shape"] == [1]
+    ds = open_dataset(root)
+    assert ds.action.shape == (12, 1)
+    np.testing.assert_array_equal(ds.action[:5, 0], eps[0].action[:, 0])

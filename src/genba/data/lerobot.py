@@ -256,8 +256,8 @@ def _to_table(cols: Mapping[str, np.ndarray], schema: pa.Schema) -> pa.Table:
         if pa.types.is_fixed_size_list(f.type):
             flat = pa.array(np.ascontiguousarray(x).reshape(-1), type=f.type.value_type)
             arrays.append(pa.FixedSizeListArray.from_arrays(flat, f.type.list_size))
-        else:
-            arrays.append(pa.array(x, type=f.type))
+        else:  # shape [1] features are scalar columns in LeRobot's layout, even an action of one axis
+            arrays.append(pa.array(np.ascontiguousarray(x).reshape(len(x)), type=f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

@@ -105,7 +105,7 @@ def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None) -
     episodes = _check_ranges(root, info, eps_table, files, cols, tasks, genba)
     stats = _load_stats(root, spec)
     return Dataset(root=root, info=info, genba=genba, spec=spec, stats=stats, tasks=tasks,
-                   episodes=episodes, observation=cols[STATE], action=cols[ACTION],
+                   episodes=episodes, observation=_as_matrix(cols[STATE]), action=_as_matrix(cols[ACTION]),
                    episode_index=cols["episode_index"], frame_index=cols["frame_index"],
                    task_index=cols["task_index"], index=cols["index"], timestamp=cols["timestamp"],
                    files=[p for p, _ in files])
@@ -290,6 +290,11 @@ def _check_columns(path: Path, table: pa.Table, feats: dict) -> None:
         if not ok:
             raise DatasetError(f"{path}: feature {name!r} has arrow type {typ}, but info.json "
                                f"says {ft['dtype']} shape {ft['shape']}")
+
+
+def _as_matrix(x: np.ndarray) -> np.ndarray:
+    """(N,) -> (N, 1): LeRobot stores a one-dimensional feature as a scalar column."""
+    return x.reshape(len(x), -1)
 
 
 def _column_numpy(path: Path, name: str, col: pa.ChunkedArray, ft: dict) -> np.ndarray:
