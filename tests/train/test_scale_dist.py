@@ -33,17 +33,22 @@ from genba.train.expert_parallel import _regroup_index
 WORKER = Path(__file__).with_name("scale_dist_worker.py")
 
 
+def launch(nproc: int, out: Path, toy_data) -> dict:
+    """One torchrun of the worker; returns {layout: result}."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENBA_DEVICE": "cpu"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(WORKER), str(out), *map(str, toy_data)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"torchrun --nproc_per_node {nproc}: {time.perf_counter() - t0:.1f} s")
+    return {l: json.loads((out / l / "result.json").read_text()) for l in W.LAYOUTS}
+
+
 @pytest.fixture(scope="module")
 def scale_runs(toy_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("scale")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENBA_DEVICE": "cpu"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), str(out), *map(str, toy_data)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print(f"torchrun of 3 layouts: {time.perf_counter() - t0:.1f} s")
-    return out, {l: json.loads((out / l / "result.json").read_text()) for l in W.LAYOUTS}
+    return out, launch(2, out, toy_data)
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +85,33 @@ def test_checkpoint_reloads_into_other_layouts(scale_runs, data, layout):
     model, optim, _ = W.build("single", data, W.train_config())
     state, _ = ckpt.load_checkpoint(found, model, optim)
     assert state["layout"] == layout and len(optim.state) == len(list(model.parameters()))
-    assert W.eval_loss(model, data, None) == pytest.approx(res["eval"], abs=1e-4)
+    assert W.eval_loss(model, data, (0, 1)) == pytest.approx(res["eval"], abs=1e-4)
     # ... into exactly the weights rank 0 gathered into model.safetensors
     bundled, _ = load_model(found, preset="moe-small")
     ref = bundled.state_dict()
     for k, v in model.state_dict().items():
         if k in ref:
             torch.testing.assert_close(v, ref[k], msg=k)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout", ["tp", "ep"])
+def test_trainer_runs_the_layout(scale_runs, layout):
+    out, results = scale_runs
+    losses = results[layout]["trainer_losses"]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert ckpt.latest_checkpoint(out / f"trainer-{layout}").name == "step-000003"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_four_ranks_two_dimensional_meshes(toy_data, single, tmp_path):
+    """dp=4; dp=2 x tp=2 (FSDP2 over TP); efsdp=2 x ep=2 (experts sharded both ways). ~2 min on 2 cores."""
+    results = launch(4, tmp_path, toy_data)
+    for layout, res in results.items():
+        np.testing.assert_allclose(res["losses"], single["losses"], atol=5e-3, rtol=0, err_msg=layout)
+        assert res["grad_norms"][0] == pytest.approx(single["grad_norms"][0], rel=1e-5)
+        assert res["reloaded_eval"] == pytest.approx(res["eval"], abs=1e-4)
 
 
 def test_regroup_index_orders_rows_by_local_expert():

@@ -106,6 +106,7 @@ def plot_success(results: dict[str, Any], path: Path) -> None:
     x = np.arange(len(tasks))
     rate = np.array([s["success_rate"] for s in tasks])
     err = np.array([[r - s["ci_low"] for r, s in zip(rate, tasks)], [s["ci_high"] - r for r, s in zip(rate, tasks)]])
+    err = np.clip(err, 0.0, None)  # a CI bound equal to the rate can land a rounding error past it
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(tasks) + 2), 4))
     ax.bar(x, rate, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
     ax.set_xticks(x, [s["name"].split("/", 1)[-1] for s in tasks], rotation=45, ha="right")

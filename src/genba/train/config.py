@@ -46,6 +46,8 @@ class TrainConfig:
     ckpt_every_minutes: float = 5.0  # also save on wall time, so a kill loses little
     keep_last: int = 2
     dist: str = "none"  # none | ddp | fsdp
+    tp: int = 1  # tensor-parallel ranks (within a node); needs dist=fsdp
+    ep: int = 1  # expert-parallel ranks (MoE presets); needs dist=fsdp
     activation_checkpointing: bool = False
     compile: bool = False
 
@@ -65,6 +67,9 @@ class TrainConfig:
         _choice(self, "precision", ("fp32", "bf16"))
         _choice(self, "lang", ("en", "ja", "mix"))
         _choice(self, "dist", ("none", "ddp", "fsdp"))
+        _positive(self, "tp", "ep")
+        if (self.tp > 1 or self.ep > 1) and self.dist != "fsdp":
+            raise TrainConfigError(f"train config {self.name!r}: tp={self.tp}, ep={self.ep} need dist='fsdp'")
 
     def replace(self, **changes) -> "TrainConfig":
         """A validated copy with some fields changed (``dataclasses.replace``)."""

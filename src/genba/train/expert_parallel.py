@@ -185,10 +185,10 @@ def grad_norm_(params, max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     for g in grads:
         if isinstance(g, DTensor):
-            if g.device_mesh.size() == world:
-                replicas = 1
+            if g.device_mesh.size() == world and not any(pl.is_partial() for pl in g.placements):
+                replicas = 1  # (FSDP2 + TP grads are _StridedShard on dp: a shard, not a replica)
                 for dim, pl in enumerate(g.placements):
-                    replicas *= 1 if pl.is_shard() else g.device_mesh.size(dim)
+                    replicas *= g.device_mesh.size(dim) if pl.is_replicate() else 1
                 local += g.to_local().double().square().sum() / replicas
             else:
                 sub += torch.linalg.vector_norm(g).full_tensor().double() ** 2
@@ -204,7 +204,7 @@ def grad_norm_(params, max_norm: float) -> float:
     return total
 
 
-# ---- composition: TP, EP and FSDP2 on device meshes (torchtitan's order) ---------------------
+# ---- the meshes of a layout (composed with FSDP2 in genba.train.parallelize) ---------------------
 class ScaleMeshes:
     """The meshes of one layout: ``dp`` (FSDP), ``tp`` (within a node), ``experts`` (efsdp x ep)."""
 
@@ -224,28 +224,3 @@ class ScaleMeshes:
         self.experts = (init_device_mesh(device_type, (world // ep, ep), mesh_dim_names=("efsdp", "ep"))
                         if ep > 1 else None)
 
-    @property
-    def dp_rank(self) -> int:
-        return self.dp.get_local_rank()
-
-
-def apply_scale(model: nn.Module, meshes: ScaleMeshes, *, fsdp: bool = True) -> nn.Module:
-    """TP (if ``meshes.tp > 1``), then EP (if ``meshes.ep > 1``), then FSDP2 over ``dp`` (when it
-    has more than one rank) with the expert tensors left to EP. Optimizers are built afterwards."""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
-    from genba.train.tensor_parallel import apply_tp
-
-    if meshes.tp_mesh is not None:
-        apply_tp(model, meshes.tp_mesh)
-    ignored = apply_ep(model, meshes.experts) if meshes.experts is not None else set()
-    if fsdp and meshes.dp_size > 1:
-        blocks = model.trunk.layers
-        for i, block in enumerate(blocks):
-            own = {p for p in block.parameters() if p in ignored}
-            fully_shard(block, mesh=meshes.dp, reshard_after_forward=i < len(blocks) - 1, ignored_params=own)
-        fully_shard(model, mesh=meshes.dp, ignored_params=ignored)
-        model.set_reduce_scatter_unused_params(True)
-        for method in ("loss", "sample_actions"):
-            register_fsdp_forward_method(model, method)
-    return model

@@ -11,8 +11,10 @@ here, as small ``apply_*`` functions run in this order on one DeviceMesh:
    block and then on the root, whose group holds the stems, heads and
    embeddings.
 
-The scale work adds tensor and expert parallelism as further ``apply_*``
-functions between 1 and 3 (TP before FSDP, as torchtitan does), on a 2-D mesh.
+Tensor and expert parallelism (``ParallelPlan.tp``/``ep``) come first, each
+on its own mesh (``genba.train.tensor_parallel``, ``genba.train.expert_parallel``);
+FSDP2 then shards the rest over the data-parallel ranks, leaving the experts
+to expert parallelism (torchtitan's order: TP, checkpointing, compile, FSDP).
 
 The model is called through ``model.loss(batch)``, not ``forward``; DDP and
 FSDP2 hook ``forward``, so :class:`LossModule` routes the loss through a
@@ -40,6 +42,14 @@ class ParallelPlan:
     dist: str = "none"
     activation_checkpointing: bool = False
     compile: bool = False
+    tp: int = 1  # tensor parallel (genba.train.tensor_parallel), before checkpointing
+    ep: int = 1  # expert parallel (genba.train.expert_parallel), experts left out of FSDP
+
+
+def data_rank(rank: int, world: int, plan: ParallelPlan) -> tuple[int, int]:
+    """(data-parallel rank, data-parallel size): ranks of one TP group see the same samples
+    (mesh ``(dp, tp)`` is row-major, so rank = dp_rank * tp + tp_rank)."""
+    return rank // plan.tp, world // plan.tp
 
 
 class LossModule(nn.Module):
@@ -87,20 +97,23 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, mesh: DeviceMesh) -> None:
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, ignored: set | None = None) -> None:
     """FSDP2: shard each block, then the root (stems, heads, embeddings).
 
     Different ranks may see different embodiments in a step, so a stem or head
     can be unused on one rank and used on another; zero gradients for unused
     parameters keep the root group's reduce-scatter the same on every rank.
+    ``ignored`` parameters (expert-parallel experts) are left to their own mesh.
     """
+    ignored = ignored or set()
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     blocks = trunk_blocks(model)
     for i, block in enumerate(blocks):
         # the last block is resharded by the root right away; skip the extra free
-        fully_shard(block, mesh=mesh, reshard_after_forward=i < len(blocks) - 1)
-    fully_shard(model, mesh=mesh)
+        own = {p for p in block.parameters() if p in ignored} or None
+        fully_shard(block, mesh=mesh, reshard_after_forward=i < len(blocks) - 1, ignored_params=own)
+    fully_shard(model, mesh=mesh, ignored_params=ignored or None)
     model.set_reduce_scatter_unused_params(True)
     for method in ("loss", "sample_actions"):
         if hasattr(model, method):
@@ -122,12 +135,24 @@ def parallelize(model: nn.Module, plan: ParallelPlan, mesh: DeviceMesh | None) -
     """
     if plan.dist != "none" and mesh is None:
         raise ValueError(f"dist={plan.dist!r} needs torch.distributed initialized (launch with torchrun)")
+    ignored: set = set()
+    if plan.tp > 1 or plan.ep > 1:  # TP and EP first, on their own meshes; FSDP then shards over dp
+        from genba.train.expert_parallel import ScaleMeshes, apply_ep
+        from genba.train.tensor_parallel import apply_tp
+
+        meshes = ScaleMeshes(mesh.device_type, mesh.size(), tp=plan.tp, ep=plan.ep)
+        if meshes.tp_mesh is not None:
+            apply_tp(model, meshes.tp_mesh)
+        if meshes.experts is not None:
+            ignored = apply_ep(model, meshes.experts)
+        mesh = meshes.dp
     if plan.activation_checkpointing:
         apply_activation_checkpointing(model)
     if plan.compile:
         apply_compile(model)
     if plan.dist == "fsdp":
-        apply_fsdp(model, mesh)
+        if mesh.size() > 1:  # tp over every rank leaves nothing to shard over
+            apply_fsdp(model, mesh, ignored)
         return LossModule(model)
     if plan.dist == "ddp":
         return apply_ddp(LossModule(model), mesh)

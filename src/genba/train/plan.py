@@ -7,12 +7,13 @@ Parameter counts are never a separate formula: the preset is built on the
 ``meta`` device and counted per component and per block with
 ``genba.model.commands.parameter_counts`` / ``component_of``.
 
-Memory model per GPU (a layout is ``world = dp * tp`` GPUs; ``ep`` divides
-``world``; pipeline parallelism is not modeled, ``pp`` must be 1):
+Memory model per GPU, for what ``genba.train.parallelize`` runs (a layout is
+``world = dp * tp`` GPUs; ``ep`` divides ``dp`` and is not combined with
+``tp``; pipeline parallelism is not used, ``pp`` must be 1):
 
 - shard P_gpu = (attention + dense MLP + shared experts) / (tp * dp)   [TP, then FSDP over dp]
                + (router, norms, language, embeddings, stems, heads) / dp  [replicated over tp]
-               + routed experts / (ep * world / ep)                 [EP, then FSDP over the rest]
+               + routed experts / dp       [EP: E/ep per rank, split efsdp = dp/ep ways]
 - weights: fp32 master shard, 4 B * P_gpu; when sharded (world > 1) plus two
   gathered compute copies (this unit and the prefetched next) of one block,
   2 B each (1 B for fp8 all-gathers).
@@ -28,12 +29,14 @@ Memory model per GPU (a layout is ``world = dp * tp`` GPUs; ``ep`` divides
 FLOPs per trunk token = 6 * N_active_trunk + 12 * n_layers * d_model * T
 (forward + backward of every active weight, plus QK^T and AV), plus the
 per-sample language encoder (6 * N_lang * L bytes) and head (6 * N_head)
-spread over the T tokens of a sample.
+spread over the T tokens of a sample. With tp > 1 the routed experts run on
+every TP rank (tokens are replicated over tp): their FLOPs count tp times.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -73,12 +76,13 @@ class ModelFacts:
         return self.total - self.group(TP_SHARDED) - self.group(EXPERTS)
 
 
-def describe(preset: str, specs: dict | None = None) -> ModelFacts:
-    """Build ``preset`` on the meta device and count it (the same code ``genba model info`` runs)."""
-    from genba.model.commands import build_meta, component_of, nominal_specs, parameter_counts
+@functools.lru_cache(maxsize=8)
+def describe(preset: str) -> ModelFacts:
+    """Build ``preset`` on the meta device with the nominal embodiments and count it (the same
+    code ``genba model info`` runs); cached, a 1T build takes seconds."""
+    from genba.model.commands import build_meta, nominal_specs
 
-    model = build_meta(preset, specs or nominal_specs())
-    return facts_of(model, preset)
+    return facts_of(build_meta(preset, nominal_specs()), preset)
 
 
 def facts_of(model, preset: str = "custom") -> ModelFacts:
@@ -138,8 +142,9 @@ def check_layout(facts: ModelFacts, lay: Layout, cluster: Cluster | None) -> Non
         raise ValueError(f"tp={lay.tp} must divide n_heads ({cfg.n_heads}) and n_kv_heads ({cfg.n_kv_heads})")
     if cluster is not None and lay.tp > cluster.gpus_per_node:
         raise ValueError(f"tp={lay.tp} exceeds the {cluster.gpus_per_node} GPUs of one NVLink node")
-    if lay.ep > 1 and (cfg.n_experts % lay.ep or lay.world % lay.ep):
-        raise ValueError(f"ep={lay.ep} must divide n_experts ({cfg.n_experts}) and the world size ({lay.world})")
+    if lay.ep > 1 and (cfg.n_experts % lay.ep or lay.dp % lay.ep or lay.tp > 1):
+        raise ValueError(f"ep={lay.ep} must divide n_experts ({cfg.n_experts}) and dp ({lay.dp}), "
+                         "and is not combined with tp > 1")
 
 
 # ---- memory ----------------------------------------------------------------------------------
@@ -210,7 +215,7 @@ class Memory:
 def memory(facts: ModelFacts, lay: Layout, *, precision: str, micro_tokens: float, seq_len: int) -> Memory:
     """Per-GPU bytes of one layout (see module docstring for the formulas)."""
     shard = (facts.group(TP_SHARDED) / (lay.tp * lay.dp) + facts.replicated / lay.dp
-             + facts.group(EXPERTS) / lay.world)
+             + facts.group(EXPERTS) / lay.dp)
     sharded = lay.world > 1
     cbytes = {"fp32": 4, "bf16": 2, "fp8": 1}[precision]
     abytes = 4 if precision == "fp32" else 2
@@ -238,21 +243,24 @@ def flops_per_token(facts: ModelFacts, seq_len: int) -> dict[str, float]:
     return out
 
 
-def comm_seconds(facts: ModelFacts, lay: Layout, cluster: Cluster, step_tokens_gpu: float, cbytes: int) -> float:
+def comm_seconds(facts: ModelFacts, lay: Layout, cluster: Cluster, step_tokens_gpu: float, cbytes: int,
+                 accum: int = 1) -> float:
     """Per-GPU communication per optimizer step (bytes / bandwidth), assumed overlappable with compute.
 
-    FSDP: all-gather in forward and backward + reduce-scatter of grads of the
-    GPU's unsharded groups over inter-node links when dp spans nodes. EP: token
+    FSDP: all-gathers in forward and backward of every micro-step (``accum``) and
+    one reduce-scatter of grads, of the GPU's unsharded groups, over inter-node
+    links when dp spans nodes. EP: token
     dispatch + combine, forward and backward (4 all-to-alls of k * d per token).
     TP: 4 all-reduces of d per token per block (2 fwd, 2 bwd), on NVLink.
     """
     cfg = facts.cfg
     fabric = cluster.internode_bw if lay.world > cluster.gpus_per_node else cluster.nvlink_bw
     dense_unsharded = facts.group(TP_SHARDED) / lay.tp + facts.replicated
-    fsdp = 0.0 if lay.world == 1 else 3 * dense_unsharded * cbytes / fabric
-    efsdp = lay.world // lay.ep
+    passes = 2 * accum + 1
+    fsdp = 0.0 if lay.world == 1 else passes * dense_unsharded * cbytes / fabric
+    efsdp = lay.dp // lay.ep
     if efsdp > 1:
-        fsdp += 3 * facts.group(EXPERTS) / lay.ep * cbytes / fabric
+        fsdp += passes * facts.group(EXPERTS) / lay.ep * cbytes / fabric
     a2a = 0.0
     if lay.ep > 1 and cfg.n_experts:
         ep_bw = cluster.nvlink_bw if lay.ep <= cluster.gpus_per_node else cluster.internode_bw
@@ -293,7 +301,8 @@ class Budget:
 
 
 def plan_layout(facts: ModelFacts, lay: Layout, b: Budget) -> Plan:
-    """Memory, fit, step time and total time of one layout."""
+    """Memory, fit, step time and total time of one layout. Activation checkpointing recomputes
+    the forward: 8 instead of 6 FLOPs per parameter and token."""
     check_layout(facts, lay, b.cluster)
     world = b.nodes * b.cluster.gpus_per_node
     if lay.world != world:
@@ -305,9 +314,11 @@ def plan_layout(facts: ModelFacts, lay: Layout, b: Budget) -> Plan:
     step_tokens_gpu = b.global_tokens / lay.dp
     accum = max(1, math.ceil(step_tokens_gpu / b.micro_tokens))
     peak = b.cluster.peak_flops("bf16" if b.precision == "fp32" else b.precision)
-    compute = flops["total"] * b.global_tokens / (world * peak * b.mfu)
+    routed = 6.0 * facts.counts["routed_experts"]["active"] * (lay.tp - 1)  # run on every TP rank
+    recompute = 8 / 6 if lay.ac else 1.0
+    compute = (flops["total"] + routed) * recompute * b.global_tokens / (world * peak * b.mfu)
     cbytes = 1 if b.precision == "fp8" else 2
-    comm = comm_seconds(facts, lay, b.cluster, step_tokens_gpu, cbytes)
+    comm = comm_seconds(facts, lay, b.cluster, step_tokens_gpu, cbytes, accum)
     step = max(compute, comm)
     days = b.tokens / b.global_tokens * step / 86400
     return Plan(lay, mem, mem.total(lay.ac) <= b.cluster.usable_bytes, flops, step, compute, comm, days,
@@ -316,7 +327,8 @@ def plan_layout(facts: ModelFacts, lay: Layout, b: Budget) -> Plan:
 
 def search(facts: ModelFacts, b: Budget) -> list[Plan]:
     """Every valid layout on ``b.nodes`` nodes (tp in 1, 2, 4, 8 within a node, ep dividing experts,
-    dp the rest, with and without activation checkpointing), cheapest first (days, then memory)."""
+    dp the rest, with and without activation checkpointing, micro-steps of 1k-8k tokens per GPU),
+    cheapest first (days, then memory)."""
     world = b.nodes * b.cluster.gpus_per_node
     eps = [e for e in range(1, world + 1) if world % e == 0 and (facts.cfg.n_experts % e == 0 if facts.cfg.n_experts else e == 1)]
     plans = []
@@ -325,10 +337,12 @@ def search(facts: ModelFacts, b: Budget) -> list[Plan]:
             continue
         for ep in eps:
             for ac in (False, True):
-                try:
-                    plans.append(plan_layout(facts, Layout(dp=world // tp, tp=tp, ep=ep, ac=ac), b))
-                except ValueError:
-                    continue
+                for micro in sorted({1024, 2048, 4096, 8192, b.micro_tokens}):
+                    try:
+                        plans.append(plan_layout(facts, Layout(dp=world // tp, tp=tp, ep=ep, ac=ac),
+                                                 replace(b, micro_tokens=micro)))
+                    except ValueError:
+                        continue
     return sorted(plans, key=lambda p: (not p.fits, p.days, p.per_gpu))
 
 
@@ -359,9 +373,9 @@ def serving(facts: ModelFacts, cluster: Cluster, precision: str, seq_len: int) -
     cfg = facts.cfg
     wb = {"bf16": 2, "fp8": 1}[precision]
     weight_bytes = facts.total * wb
-    gpus = 1
+    gpus = 1  # 1, 2, 4, 8 in a node, then whole nodes
     while weight_bytes / gpus > 0.9 * cluster.usable_bytes:
-        gpus *= 2
+        gpus = gpus * 2 if gpus < cluster.gpus_per_node else gpus + cluster.gpus_per_node
     bw = gpus * cluster.hbm_bw
     latency = NVLINK_LATENCY_S if gpus <= cluster.gpus_per_node else IB_LATENCY_S
     comm = 0.0 if gpus == 1 else 2 * cfg.n_layers * latency
@@ -431,12 +445,12 @@ def _print_plans(facts: ModelFacts, plans: list[Plan], b: Budget, title: str, li
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col in ("layout", "weights", "grads", "optim", "act", "act (AC)", "total GiB", "fits",
+    for col in ("layout", "micro", "weights", "grads", "optim", "act", "act (AC)", "total GiB", "fits",
                 "step s", "comm s", "days", "GPU-h"):
         table.add_column(col, justify="left" if col == "layout" else "right")
     for p in plans[:limit]:
         m = p.mem
-        table.add_row(str(p.layout), _gib(m.weights), _gib(m.grads), _gib(m.optimizer), _gib(m.activations),
+        table.add_row(str(p.layout), f"{p.micro_tokens:,.0f}x{p.accum}", _gib(m.weights), _gib(m.grads), _gib(m.optimizer), _gib(m.activations),
                       _gib(m.activations_ac), _gib(p.per_gpu), "yes" if p.fits else "NO", f"{p.step_s:.2f}",
                       f"{p.comm_s:.2f}", f"{p.days:,.1f}", f"{p.gpu_hours:,.0f}",
                       style="bold" if p is plans[0] and p.fits else None)

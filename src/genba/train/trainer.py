@@ -37,7 +37,7 @@ from genba.model.generalist import Generalist
 from genba.train import checkpoint as ckpt
 from genba.train.config import TrainConfig, TrainConfigError
 from genba.train.monitor import Monitor
-from genba.train.parallelize import ParallelPlan, build_mesh, parallelize
+from genba.train.parallelize import ParallelPlan, build_mesh, data_rank, parallelize
 
 _SAMPLER_SPAN = 2**62  # the sampler is indexed by position; "infinite" for a time-budgeted run
 
@@ -266,7 +266,9 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
         raise TrainConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world.world} processes")
     data = build_datasets(cfg, data_dirs, weights=weights, read_table=read_table, model_cfg=model_cfg)
     model = build_model(model_cfg, data.specs, device, cfg.seed)
-    module = parallelize(model, ParallelPlan(cfg.dist, cfg.activation_checkpointing, cfg.compile), build_mesh(device))
+    plan = ParallelPlan(cfg.dist, cfg.activation_checkpointing, cfg.compile, tp=cfg.tp, ep=cfg.ep)
+    module = parallelize(model, plan, build_mesh(device))
+    dp_rank, dp_size = data_rank(world.rank, world.world, plan)
     optimizer = build_optimizer(model, cfg)
     state = _State(total_steps=cfg.steps)
     if world.main:
@@ -303,17 +305,17 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
             lr = lr_at(state.step, cfg, total)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            idx = sampler.indices(state.step * cfg.batch_size, (state.step + 1) * cfg.batch_size)[world.rank::world.world]
+            idx = sampler.indices(state.step * cfg.batch_size, (state.step + 1) * cfg.batch_size)[dp_rank::dp_size]
             batch = make_batch(data, idx, device)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 loss, metrics = module(batch)
             loss.backward()
-            grad_norm = _clip(model, cfg.grad_clip)
+            grad_norm = _clip(model, cfg.grad_clip, mixed_meshes=cfg.tp > 1 or cfg.ep > 1)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.elapsed = elapsed0 + time.perf_counter() - t0
-            window.add(len(idx) * world.world, metrics)
+            window.add(len(idx) * dp_size, metrics)
             if state.step % cfg.log_every == 0 or state.step == total:
                 rec = _record(window, state, lr, grad_norm, data, world)
                 history.append(rec)
@@ -389,7 +391,11 @@ def _ckpt_due(cfg, state, last_time, world) -> bool:
     return due
 
 
-def _clip(model, max_norm: float) -> float:
+def _clip(model, max_norm: float, mixed_meshes: bool = False) -> float:
+    if mixed_meshes:  # TP/EP/FSDP parameters live on different meshes: clip_grad_norm_ cannot stack them
+        from genba.train.expert_parallel import grad_norm_
+
+        return grad_norm_(model.parameters(), max_norm)
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return 0.0

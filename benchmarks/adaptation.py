@@ -1,0 +1,351 @@
+"""Adaptation benchmark: sample-efficiency curves (fine-tune vs scratch) and forgetting.
+
+1. Pretrain on a mixture (MT10 + drives + arms, with one embodiment held out),
+   or reuse ``--pretrained CKPT`` (it must not contain the held-out embodiment).
+2. New tasks: Meta-World MT50 tasks outside MT10. For each number of
+   demonstrations per task (``--demos``), fine-tune the pretrained checkpoint
+   (``--mode``) and train the same architecture from scratch with the same data,
+   batch size and number of steps; success over ``--eval-episodes`` unseen seeds
+   per task, with 95% Wilson intervals (pooled over tasks: every task has the
+   same number of episodes, so the pooled rate is the mean task success).
+3. New embodiment: the held-out machine (``--holdout dc``: DC-motor current and
+   speed control) learned from a few episodes per task, frozen trunk vs scratch;
+   mean tracking error with a 95% normal interval over episodes, and success.
+4. Forgetting: the pretrained tasks' success before and after adaptation
+   (``--forget-demos`` demonstrations, frozen trunk and the curve's mode).
+   Frozen-trunk adaptation to a new embodiment leaves every pretrained
+   tensor bit-identical (checked), so its forgetting is exactly 0.
+
+Writes ``OUT/adaptation.md`` (tables), ``OUT/adaptation.png`` and ``OUT/results.json``.
+Datasets and the pretrained run are cached under OUT and reused on a rerun.
+
+    # smoke (a few minutes; figures are NOT meaningful):
+    OMP_NUM_THREADS=1 MUJOCO_GL=disable .venv/bin/python benchmarks/adaptation.py --quick --out runs/bench-adapt-quick
+    # full:
+    OMP_NUM_THREADS=1 MUJOCO_GL=disable .venv/bin/python benchmarks/adaptation.py --out runs/bench-adapt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Outside MT10, but built from skills MT10 teaches (push, pick-place) and hard enough that 10 demonstrations
+# from scratch do not already saturate success (handle-press or plate-slide do, even for the debug model).
+NEW_TASKS = ("push-wall-v3", "push-back-v3", "coffee-push-v3", "sweep-into-v3", "pick-place-wall-v3")
+HOLDOUT_TASKS = {"dc": ("drive/dc-current", "drive/dc-speed"), "jaco": ("arm/jaco-reach", "arm/jaco-push")}
+Z95 = 1.959963984540054
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, few tasks/demos/episodes")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
+    ap.add_argument("--pretrained", type=Path, default=None, help="reuse this checkpoint instead of pretraining")
+    ap.add_argument("--preset", default=None, help="train preset of the pretraining run (default small; quick: debug)")
+    ap.add_argument("--pretrain-minutes", type=float, default=None, help="pretraining wall budget (default 30)")
+    ap.add_argument("--pretrain-episodes", type=int, default=None, help="demonstrations per pretraining task (50)")
+    ap.add_argument("--holdout", choices=sorted(HOLDOUT_TASKS), default="dc", help="embodiment kept out of pretraining")
+    ap.add_argument("--new-tasks", default=None, help="comma-separated MT50 task names (default: five outside MT10)")
+    ap.add_argument("--demos", default=None, help="demonstrations per new task, comma-separated (1,3,10,30)")
+    ap.add_argument("--emb-demos", default=None, help="episodes per held-out-machine task (1,3,10)")
+    ap.add_argument("--forget-demos", type=int, default=None, help="demos of the run whose forgetting is measured (10)")
+    ap.add_argument("--mode", choices=("frozen-trunk", "lora", "full"), default="lora",
+                    help="fine-tuning mode of the curves")
+    ap.add_argument("--steps", type=int, default=None, help="fine-tune (and scratch) steps per run (1000)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per task (50)")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap evaluation episodes (quick: 200)")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    q = args.quick
+    fill = {"preset": "debug" if q else "small", "pretrain_minutes": 1.0 if q else 30.0,
+            "pretrain_episodes": 4 if q else 50,
+            "new_tasks": "plate-slide-v3,handle-press-v3" if q else ",".join(NEW_TASKS),
+            "demos": "1,3" if q else "1,3,10,30", "emb_demos": "1,3" if q else "1,3,10",
+            "forget_demos": 3 if q else 10, "steps": 60 if q else 1000, "eval_episodes": 3 if q else 50,
+            "max_steps": 200 if q else None}
+    for k, v in fill.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.demos = [int(x) for x in str(args.demos).split(",")]
+    args.emb_demos = [int(x) for x in str(args.emb_demos).split(",")]
+    args.new_tasks = [f"metaworld/{t}" if "/" not in t else t for t in args.new_tasks.split(",")]
+    return args
+
+
+def log(msg: str) -> None:
+    print(f"[adaptation {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- data ---------------------------------------------------------------------------
+def pretrain_tasks(args) -> str:
+    from genba.envs.registry import resolve
+
+    held = set(HOLDOUT_TASKS[args.holdout])
+    if args.quick:
+        ids = ["metaworld/reach-v3", "metaworld/push-v3", "metaworld/drawer-close-v3", "drive/pmsm-current",
+               "drive/dc-current", "arm/jaco-reach"]
+    else:
+        ids = [t.id for t in resolve("mt10,drives,arms")]
+    return ",".join(t for t in ids if t not in held)
+
+
+def collect_cached(tasks: str, out: Path, episodes: int, workers: int) -> list[Path]:
+    """One dataset per embodiment under ``out``; reused when already there."""
+    from genba.envs.collect import CollectConfig, collect
+    from genba.envs.registry import resolve
+
+    names = sorted({t.spec.name for t in resolve(tasks)})
+    if all((out / n / "meta" / "info.json").is_file() for n in names):
+        log(f"reusing datasets {[str(out / n) for n in names]}")
+        return [out / n for n in names]
+    log(f"collecting {episodes} expert episodes per task of {tasks}")
+    paths = collect(CollectConfig(tasks=tasks, out=out, episodes=episodes, workers=workers, overwrite=True))
+    return [paths[n] for n in names]
+
+
+def subset(src: Path, n: int, out: Path) -> Path:
+    """The first ``n`` episodes of every task of dataset ``src``, as a dataset of its own."""
+    from genba.data.lerobot import Episode, open_dataset, write_dataset
+
+    if (out / "meta" / "info.json").is_file():
+        return out
+    ds = open_dataset(src)
+    taken: dict[int, int] = {}
+    eps = []
+    for r in ds.episodes:
+        if taken.get(r.task_index, 0) < n:
+            taken[r.task_index] = taken.get(r.task_index, 0) + 1
+            eps.append(Episode(ds.observation[r.start:r.stop], ds.action[r.start:r.stop], r.task_index, r.seed))
+    short = {ds.tasks[t]["id"]: k for t, k in taken.items() if k < n}
+    if short:
+        log(f"warning: {src} has fewer than {n} episodes for {short}")
+    return write_dataset(out, eps, ds.spec, ds.tasks, overwrite=True)
+
+
+# ---- train and evaluate -----------------------------------------------------------------
+def pretrain(args, data: list[Path]) -> Path:
+    from genba.train.checkpoint import latest_checkpoint
+    from genba.train.config import get_train_preset
+    from genba.train.trainer import train
+
+    if args.pretrained is not None:
+        return args.pretrained
+    run = args.out / "pretrain"
+    found = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
+    if found is not None:
+        log(f"reusing pretrained checkpoint {found}")
+        return found
+    cfg = get_train_preset(args.preset).replace(minutes=args.pretrain_minutes, ckpt_every=0)
+    log(f"pretraining preset {args.preset} for {args.pretrain_minutes} min on {[p.name for p in data]}")
+    res = train(cfg, data, run)
+    log(f"pretrained {res.step} steps, loss {res.loss:.4f}: {res.checkpoint}")
+    return res.checkpoint
+
+
+def adapt(args, parent: Path, data: Path, run: Path, mode: str, init: str):
+    from genba.train.checkpoint import latest_checkpoint
+    from genba.train.finetune import FinetuneConfig, default_train_config, finetune
+
+    found = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
+    if found is not None:
+        return found
+    tc = default_train_config().replace(steps=args.steps, batch_size=args.batch_size,
+                                        log_every=max(1, args.steps // 10))
+    cfg = FinetuneConfig(mode=mode, init=init, tensorboard=False, train=tc)
+    t0 = time.perf_counter()
+    res = finetune(parent, [data], run, cfg, progress=False)
+    log(f"  {run.name}: {init} {mode if init == 'pretrained' else 'full'} {res.step} steps, loss {res.loss:.4f}, "
+        f"{res.trainable_params:,} trainable params, {time.perf_counter() - t0:.0f} s")
+    return res.checkpoint
+
+
+def evaluate(args, ckpt: Path, tasks: list[str]) -> dict:
+    from genba.eval.rollout import EvalConfig
+    from genba.eval.rollout import evaluate as run_eval
+
+    cfg = EvalConfig(checkpoint=str(ckpt), tasks=tuple(tasks), episodes=args.eval_episodes,
+                     workers=min(args.workers, len(tasks) * math.ceil(args.eval_episodes / 10)),
+                     max_steps=args.max_steps, trace_drives=False)
+    return run_eval(cfg, None, progress=True)
+
+
+def summary(res: dict) -> dict:
+    """Pooled success with its Wilson interval, per-task rates, tracking error with a normal interval."""
+    from genba.eval.metrics import wilson_interval
+
+    o = res["overall"]
+    o = o if isinstance(o, dict) else o.to_dict()
+    lo, hi = wilson_interval(o["successes"], o["episodes"])
+    errs = [e["tracking_error"] for e in res.get("episodes", []) if e.get("tracking_error") is not None]
+    out = {"success": o["successes"] / max(1, o["episodes"]), "ci": [lo, hi], "episodes": o["episodes"],
+           "tasks": {t: (s if isinstance(s, dict) else s.to_dict())["success_rate"] for t, s in res["tasks"].items()}}
+    if errs:
+        m, sd = float(np.mean(errs)), float(np.std(errs, ddof=1)) if len(errs) > 1 else float("nan")
+        out["tracking_error"] = m
+        out["tracking_ci"] = [m - Z95 * sd / math.sqrt(len(errs)), m + Z95 * sd / math.sqrt(len(errs))]
+    return out
+
+
+# ---- stages -------------------------------------------------------------------------------
+def curves(args, parent: Path, full_data: Path, tasks: list[str], tag: str, mode: str, ns: list[int]) -> dict:
+    out = {}
+    for n in ns:
+        data = subset(full_data, n, args.out / "data" / f"{tag}-{n}")
+        row = {}
+        for init in ("pretrained", "scratch"):
+            ckpt = adapt(args, parent, data, args.out / "runs" / f"{tag}-{n}-{init}-{mode}", mode, init)
+            row[init] = {**summary(evaluate(args, ckpt, tasks)), "checkpoint": str(ckpt)}
+        log(f"{tag} n={n}: fine-tune {fmt(row['pretrained'])} | scratch {fmt(row['scratch'])}")
+        out[n] = row
+    return out
+
+
+def forgetting(args, parent: Path, sawyer_new: Path, pre_tasks: list[str], before: dict) -> dict:
+    out = {"before": before}
+    data = subset(sawyer_new, args.forget_demos, args.out / "data" / f"new-tasks-{args.forget_demos}")
+    for mode in dict.fromkeys(("frozen-trunk", args.mode)):
+        ckpt = adapt(args, parent, data, args.out / "runs" / f"new-tasks-{args.forget_demos}-pretrained-{mode}", mode,
+                     "pretrained")
+        out[mode] = summary(evaluate(args, ckpt, pre_tasks))
+        log(f"forgetting after {mode} on new tasks: pretrained tasks {fmt(before)} -> {fmt(out[mode])}")
+    return out
+
+
+def frozen_identical(parent: Path, child: Path) -> bool:
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(parent / "model.safetensors")), load_file(str(child / "model.safetensors"))
+    return all(k in b and bool((a[k] == b[k]).all()) for k in a)
+
+
+def fmt(s: dict) -> str:
+    txt = f"{s['success']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]"
+    if "tracking_error" in s:
+        txt += f", err {s['tracking_error']:.4f} [{s['tracking_ci'][0]:.4f}, {s['tracking_ci'][1]:.4f}]"
+    return txt
+
+
+# ---- report -------------------------------------------------------------------------------
+def markdown(args, r: dict) -> str:
+    lines = [f"# Adaptation benchmark{' (SMOKE RUN: --quick, figures not meaningful)' if args.quick else ''}", "",
+             f"Pretrained: `{r['pretrained']}`; held out: `{args.holdout}`; fine-tune mode `{args.mode}`; "
+             f"{args.steps} steps at batch {args.batch_size} for fine-tuning and scratch alike; "
+             f"{args.eval_episodes} eval episodes per task; 95% intervals (Wilson for success, normal for error).", "",
+             f"## New tasks ({', '.join(t.split('/')[-1] for t in r['new_tasks'])})", "",
+             "| demos/task | fine-tune success | scratch success | fine-tune better beyond CIs |", "|---|---|---|---|"]
+    for n, row in r["curves"].items():
+        ft, sc = row["pretrained"], row["scratch"]
+        lines.append(f"| {n} | {fmt(ft)} | {fmt(sc)} | {'yes' if ft['ci'][0] > sc['ci'][1] else 'no'} |")
+    names = [t.split("/")[-1] for t in r["new_tasks"]]
+    lines += ["", "Per task (fine-tune / scratch):", "", "| demos | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for n, row in r["curves"].items():
+        cells = [f"{row['pretrained']['tasks'].get(t, 0):.2f} / {row['scratch']['tasks'].get(t, 0):.2f}"
+                 for t in r["new_tasks"]]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", f"## New embodiment `{args.holdout}` (frozen trunk vs scratch)", "",
+              "| episodes/task | fine-tune | scratch |", "|---|---|---|"]
+    for n, row in r["embodiment"].items():
+        lines.append(f"| {n} | {fmt(row['pretrained'])} | {fmt(row['scratch'])} |")
+    f = r["forgetting"]
+    lines += ["", f"## Forgetting (pretrained tasks, after new-task adaptation with {args.forget_demos} demos)", "",
+              "| model | pretrained-task success | change (points) |", "|---|---|---|",
+              f"| pretrained | {fmt(f['before'])} | |"]
+    for mode in (m for m in f if m != "before"):
+        lines.append(f"| after {mode} | {fmt(f[mode])} | {100 * (f[mode]['success'] - f['before']['success']):+.1f} |")
+    lines += ["", f"Frozen-trunk adaptation to `{args.holdout}`: every pretrained tensor bit-identical: "
+              f"**{r['holdout_frozen_identical']}** (so its forgetting is exactly 0).", "",
+              f"Wall time: {r['wall_s'] / 60:.1f} min.", ""]
+    return "\n".join(lines)
+
+
+def plot(args, r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = ((axes[0], "curves", "success", "new MT50 tasks: success"),
+              (axes[1], "embodiment", "tracking_error", f"new embodiment {args.holdout}: tracking error"))
+    for ax, key, metric, title in panels:
+        for init, color in (("pretrained", "tab:blue"), ("scratch", "tab:orange")):
+            ns = list(r[key])
+            rows = [r[key][n][init] for n in ns]
+            if metric == "tracking_error" and any("tracking_error" not in x for x in rows):
+                metric = "success"
+            ci = "ci" if metric == "success" else "tracking_ci"
+            y = np.array([x[metric] for x in rows])
+            err = np.abs(np.array([x[ci] for x in rows]).T - y)
+            ax.errorbar([int(n) for n in ns], y, yerr=err, marker="o", capsize=3, color=color,
+                        label="fine-tuned" if init == "pretrained" else "scratch")
+        ax.set_xscale("log")
+        ax.set_xticks([int(n) for n in r[key]], [str(n) for n in r[key]])
+        ax.minorticks_off()
+        ax.set_xlabel("demonstrations per task")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_title(title)
+        ax.legend()
+    f = r["forgetting"]
+    names = list(f)
+    y = np.array([f[k]["success"] for k in names])
+    err = np.abs(np.array([f[k]["ci"] for k in names]).T - y)
+    axes[2].bar(names, y, yerr=err, capsize=4, color=["gray"] + ["tab:green"] * (len(names) - 1))
+    axes[2].set_ylim(0, 1)
+    axes[2].set_title("pretrained tasks: before / after adaptation")
+    fig.suptitle("genba adaptation" + (" (smoke run, not meaningful)" if args.quick else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    args = parse_args()
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    pre_task_ids = pretrain_tasks(args)
+    pre_data = collect_cached(pre_task_ids, args.out / "data" / "pretrain", args.pretrain_episodes, args.workers)
+    parent = pretrain(args, pre_data)
+    from genba.model.bundle import read_manifest
+
+    if args.holdout in read_manifest(parent)["specs"]:
+        raise SystemExit(f"--pretrained {parent} already knows the held-out embodiment {args.holdout!r}")
+    new_data = collect_cached(",".join(args.new_tasks), args.out / "data" / "new-tasks-all", max(args.demos),
+                              args.workers)[0]
+    held_tasks = list(HOLDOUT_TASKS[args.holdout])
+    if args.quick:
+        held_tasks = held_tasks[:1]
+    held_data = collect_cached(",".join(held_tasks), args.out / "data" / "holdout-all", max(args.emb_demos),
+                               args.workers)[0]
+
+    log("stage 2: new tasks, fine-tune vs scratch")
+    r = {"pretrained": str(parent), "new_tasks": args.new_tasks,
+         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    r["curves"] = curves(args, parent, new_data, args.new_tasks, "new-tasks", args.mode, args.demos)
+    log(f"stage 3: new embodiment {args.holdout}, frozen trunk vs scratch")
+    r["embodiment"] = curves(args, parent, held_data, held_tasks, args.holdout, "frozen-trunk", args.emb_demos)
+    log("stage 4: forgetting")
+    before = summary(evaluate(args, parent, pre_task_ids.split(",")))
+    r["forgetting"] = forgetting(args, parent, new_data, pre_task_ids.split(","), before)
+    largest = r["embodiment"][args.emb_demos[-1]]["pretrained"]["checkpoint"]
+    r["holdout_frozen_identical"] = frozen_identical(parent, Path(largest))
+    r["wall_s"] = time.perf_counter() - t0
+    (args.out / "results.json").write_text(json.dumps(r, indent=1, default=str))
+    md = markdown(args, r)
+    (args.out / "adaptation.md").write_text(md)
+    plot(args, r, args.out / "adaptation.png")
+    print(md)
+    log(f"wrote {args.out / 'adaptation.md'}, {args.out / 'adaptation.png'}, {args.out / 'results.json'} "
+        f"in {r['wall_s'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

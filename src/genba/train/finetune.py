@@ -1,0 +1,499 @@
+"""`genba finetune`: adapt a pretrained checkpoint to new tasks or a new machine.
+
+    genba finetune runs/small --data runs/data/mt50-new/sawyer --out runs/ft-new-tasks --mode lora --steps 1500
+    genba finetune runs/small --data runs/data/dc --spec dc.json --out runs/ft-dc --mode frozen-trunk --minutes 5
+
+Two cases, told apart by the datasets' embodiment names:
+
+- **New tasks of a known embodiment** (new instructions, new goals): the
+  pretrained stem and head of that embodiment are trained further. Its spec must
+  equal the checkpoint's (a different spec under the same name is a different
+  machine: give it another name). Normalization stats: the pretrained weights
+  only make sense under the stats they were trained with, and the pretrained
+  tasks are served with whatever stats the new checkpoint stores, so the
+  parent's stats are **kept** unless the new data leaves their range (a 1st or
+  99th percentile more than ``Z_LIMIT`` normalized units out), in which case
+  they are **pooled** with the new data's (``--stats auto``, the default;
+  ``keep``/``pool``/``data`` force a choice). openpi's quiet fine-tuning
+  failures come from exactly this mismatch (#817, #433, #763); the decision is
+  printed and stored in the lineage.
+- **A new embodiment** described only by its spec (``meta/genba.json`` of the
+  dataset, or ``--spec FILE``): a stem and a head are built from the spec
+  (``Generalist.add_embodiment``) and trained on the new data's own stats.
+
+``--mode`` chooses what else trains: ``frozen-trunk`` (only the stems/heads of
+the embodiments in the data; trunk, language encoder and rate embedding stay
+bit-identical), ``lora`` (plus low-rank adapters on the trunk's linear layers,
+folded into the weights at save time, ``genba.model.lora``) or ``full``
+(everything the data touches). ``--from-scratch`` trains the same architecture
+from a fresh init with the same data and steps: the baseline the adaptation
+benchmark compares against. ``--replay DIR`` mixes pretraining data back in
+(rehearsal) against forgetting.
+
+A spec whose dimensions or names differ from the dataset's features, or whose
+limits the demonstrations violate, is refused with an error naming both.
+
+The result is an ordinary checkpoint (``RUN/checkpoints/step-N``: bundle +
+``genba.json`` + train state) that ``load_policy``, ``genba eval`` and the
+server take as they are. Its lineage records the parent (path and SHA-256 of
+its weights and manifest, its whole lineage), the new data and the adaptation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from genba.cli import CLIError
+
+MODES = ("frozen-trunk", "lora", "full")
+STATS_POLICIES = ("auto", "keep", "pool", "data")
+Z_LIMIT = 6.0  # |normalized q01/q99| beyond which new data counts as outside the parent's range
+LIMIT_TOL = 1e-4  # relative tolerance of the limit check (float32 rounding of recorded actions)
+
+
+class FinetuneError(ValueError):
+    """Adaptation that cannot run as asked; the message names the input at fault."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What an adaptation run does besides its data; ``train`` holds the optimizer recipe and length."""
+
+    mode: str = "lora"
+    lora_rank: int = 8
+    lora_alpha: float | None = None  # None: alpha = rank (scale 1)
+    stats: str = "auto"
+    init: str = "pretrained"  # pretrained | scratch (the baseline: same architecture, fresh weights)
+    replay_weight: float = 0.0  # share of samples drawn from --replay datasets
+    tensorboard: bool = True
+    train: Any = None  # genba.train.config.TrainConfig; None: default_train_config()
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise FinetuneError(f"finetune mode {self.mode!r}: expected one of {MODES}")
+        if self.stats not in STATS_POLICIES:
+            raise FinetuneError(f"--stats {self.stats!r}: expected one of {STATS_POLICIES}")
+        if self.init not in ("pretrained", "scratch"):
+            raise FinetuneError(f"init {self.init!r}: expected 'pretrained' or 'scratch'")
+        if self.lora_rank < 1:
+            raise FinetuneError(f"--lora-rank must be >= 1, got {self.lora_rank}")
+        if not 0.0 <= self.replay_weight < 1.0:
+            raise FinetuneError(f"--replay-weight must be in [0, 1), got {self.replay_weight}")
+        if self.train is None:
+            object.__setattr__(self, "train", default_train_config())
+
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"},
+                "train": self.train.to_dict()}
+
+
+def default_train_config():
+    """Short and gentle: few demonstrations overfit fast, so fewer steps than pretraining."""
+    from genba.train.config import TrainConfig
+
+    return TrainConfig(name="finetune", model="debug", steps=500, batch_size=64, lr=1e-3, warmup_steps=20,
+                       weight_decay=0.0, log_every=25, ckpt_every=0, ckpt_every_minutes=0.0, keep_last=1)
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    loss: float
+    added: list[str]
+    adapted: list[str]
+    stats_decisions: dict[str, str]
+    trainable_params: int
+    history: list[dict] = field(default_factory=list)
+
+
+# ---- specs and data -----------------------------------------------------------------
+def read_spec_file(path: str | os.PathLike):
+    """An EmbodimentSpec from a JSON file (a bare spec, or a dataset's ``meta/genba.json`` with ``spec``)."""
+    from genba.data.spec import EmbodimentSpec, SpecError
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FinetuneError(f"--spec {path}: cannot read JSON ({e})") from None
+    if isinstance(doc, dict) and "spec" in doc and "obs_names" not in doc:
+        doc = doc["spec"]
+    try:
+        return EmbodimentSpec.from_dict(doc)
+    except SpecError as e:
+        raise FinetuneError(f"--spec {path}: {e}") from None
+
+
+def check_spec_fits(spec, ds) -> None:
+    """Refuse a spec whose dimensions, names or limits disagree with the dataset's frames."""
+    from genba.data.lerobot import ACTION, STATE
+
+    feats = ds.info["features"]
+    for key, dim, names, frames in ((STATE, spec.obs_dim, spec.obs_names, ds.observation),
+                                    (ACTION, spec.action_dim, spec.action_names, ds.action)):
+        if frames.shape[1] != dim:
+            raise FinetuneError(f"spec {spec.name!r} has {dim} {key} entries but dataset {ds.root} has "
+                                f"{frames.shape[1]} per frame")
+        have = feats.get(key, {}).get("names")
+        if have is not None and list(have) != list(names):
+            diff = next(i for i, (a, b) in enumerate(zip(have, names)) if a != b)
+            raise FinetuneError(f"spec {spec.name!r} names {key}[{diff}] {names[diff]!r} but dataset {ds.root} "
+                                f"calls it {have[diff]!r}: is this the right spec for this data?")
+    _check_limits(spec, ds, "action", spec.action_names, spec.action_low, spec.action_high, ds.action)
+    _check_limits(spec, ds, "observation", spec.obs_names, spec.obs_low, spec.obs_high, ds.observation)
+
+
+def _check_limits(spec, ds, kind, names, low, high, frames) -> None:
+    lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    span = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
+    x = frames.astype(np.float64)
+    outside = (x < lo - LIMIT_TOL * span) | (x > hi + LIMIT_TOL * span)
+    if outside.any():
+        i = int(np.argmax(outside.sum(0)))
+        raise FinetuneError(
+            f"spec {spec.name!r}: {int(outside[:, i].sum())} of {len(x)} frames of dataset {ds.root} have "
+            f"{kind} {names[i]!r} outside the spec's limits [{lo[i]:g}, {hi[i]:g}] (data spans "
+            f"[{x[:, i].min():g}, {x[:, i].max():g}]): the limits or the units of the spec are wrong")
+
+
+def open_data(dirs: Sequence[str | os.PathLike], spec_override=None, read_table: Callable | None = None) -> list:
+    """Open every dataset; with ``spec_override`` each must fit it and takes it as its spec."""
+    from genba.data.lerobot import DatasetError, open_dataset
+
+    out = []
+    for d in dirs:
+        try:
+            ds = open_dataset(d, read_table=read_table)
+        except DatasetError as e:
+            raise FinetuneError(str(e)) from None
+        spec = spec_override if spec_override is not None else ds.spec
+        check_spec_fits(spec, ds)
+        out.append(dataclasses.replace(ds, spec=spec) if spec is not ds.spec else ds)
+    return out
+
+
+def plan_embodiments(parent_specs: dict, datasets: list, replay: list) -> tuple[list, list]:
+    """(new specs, names of known embodiments adapted); refuse a known name with a different spec."""
+    new, adapted = {}, []
+    for is_replay, ds in [(False, d) for d in datasets] + [(True, d) for d in replay]:
+        name, spec = ds.embodiment, ds.spec
+        if name in parent_specs:
+            if spec != parent_specs[name]:
+                diff = [f.name for f in dataclasses.fields(spec)
+                        if getattr(spec, f.name) != getattr(parent_specs[name], f.name)]
+                raise FinetuneError(f"dataset {ds.root}: embodiment {name!r} differs from the checkpoint's spec in "
+                                    f"{diff}; a changed machine is a new embodiment: give its spec another name")
+            if not is_replay and name not in adapted:
+                adapted.append(name)
+        elif is_replay:
+            raise FinetuneError(f"--replay {ds.root}: embodiment {name!r} is not in the checkpoint; replay is for "
+                                "pretraining data")
+        elif name in new and new[name] != spec:
+            raise FinetuneError(f"dataset {ds.root}: embodiment {name!r} has a spec that differs from another "
+                                "--data dir of the same name")
+        else:
+            new[name] = spec
+    return list(new.values()), adapted
+
+
+def choose_stats(policy: str, parent: dict | None, data: dict, mode: str) -> tuple[dict, str]:
+    """(stats to store, decision) for one embodiment; see the module docstring."""
+    from genba.data.stats import aggregate_stats
+
+    if parent is None:
+        return data, "data (new embodiment)"
+    if policy == "auto":
+        worst = _worst_z(parent, data, mode)
+        policy = "keep" if worst <= Z_LIMIT else "pool"
+        why = f" (new data's q01/q99 reach {worst:.1f} normalized units; limit {Z_LIMIT:g})"
+    else:
+        why = " (forced)"
+    if policy == "keep":
+        return parent, "keep parent" + why
+    if policy == "pool":
+        return aggregate_stats([parent, data]), "pooled parent + new data" + why
+    return data, "new data only" + why
+
+
+def _worst_z(parent: dict, data: dict, mode: str) -> float:
+    from genba.data.transforms import Normalize
+
+    norm = Normalize({"x": parent}, mode=mode)
+    worst = 0.0
+    for q in ("q01", "q99"):
+        sample = {"embodiment": "x", **{k: np.asarray(data[k][q], np.float32) for k in norm.keys}}
+        z = norm(sample)
+        worst = max(worst, *(float(np.abs(np.asarray(z[k])).max()) for k in norm.keys))
+    return worst
+
+
+def build_data(datasets: list, replay: list, stats: dict, mode: str, cfg, model_cfg):
+    """The trainer's TrainData over new data (and replay at ``cfg.replay_weight``)."""
+    from genba.data.reader import MixedDataset, WindowDataset
+    from genba.data.transforms import Normalize, TokenizeInstruction
+    from genba.train.trainer import TrainData
+
+    tc = cfg.train
+    parts = [WindowDataset(ds, history=model_cfg.history, chunk=model_cfg.chunk, lang=tc.lang, seed=tc.seed)
+             for ds in datasets + replay]
+    w_new = (1.0 - cfg.replay_weight) / len(datasets)
+    weights = [w_new] * len(datasets) + ([cfg.replay_weight / len(replay)] * len(replay) if replay else [])
+    specs = {ds.embodiment: ds.spec for ds in datasets + replay}
+    used = {k: stats[k] for k in specs}
+    return TrainData(datasets + replay, MixedDataset(parts, weights), specs, used, Normalize(used, mode=mode),
+                     TokenizeInstruction(model_cfg.max_lang_len))
+
+
+# ---- the model --------------------------------------------------------------------------
+def adapt_model(parent, new_specs: list, cfg: FinetuneConfig, train_names: Sequence[str], device) -> tuple[Any, int]:
+    """The model to train: the parent (or a fresh twin) with new stems/heads, freezing and adapters set.
+
+    Returns ``(model, trainable parameter count)``.
+    """
+    from genba.model.generalist import Generalist
+    from genba.model.lora import apply_lora
+
+    torch.manual_seed(cfg.train.seed)
+    if cfg.init == "scratch":  # only the embodiments the data feeds: no untrained heads in the baseline
+        known = {**parent.specs, **{s.name: s for s in new_specs}}
+        specs = {n: known[n] for n in train_names}
+        with torch.device("meta"):
+            model = Generalist(parent.cfg, specs)
+        model.to_empty(device=device)
+        model.init_weights()
+    else:
+        model = parent.to(device)
+        for spec in new_specs:
+            model.add_embodiment(spec)
+    model.train()
+    mode = "full" if cfg.init == "scratch" else cfg.mode
+    for p in model.parameters():
+        p.requires_grad_(mode == "full")
+    for name in model.specs:  # stems/heads: exactly those of embodiments the data feeds
+        for p in (*model.stems[name].parameters(), *model.heads[name].parameters()):
+            p.requires_grad_(name in train_names)
+    if mode != "full":
+        model.trunk.eval()  # frozen: also no MoE router-bias updates (they happen in training forwards)
+        model.lang.eval()
+    if mode == "lora":
+        apply_lora(model.trunk, cfg.lora_rank, cfg.lora_alpha)
+    return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _plain_copy(model, state_dict: dict):
+    """A Generalist without adapters holding ``state_dict`` (what the bundle stores)."""
+    from genba.model.generalist import Generalist
+
+    with torch.device("meta"):
+        plain = Generalist(model.cfg, model.specs)
+    plain.to_empty(device="cpu")
+    plain.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True)
+    return plain
+
+
+# ---- lineage ----------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_lineage(parent_dir: Path, parent_manifest: dict, data, run_dir: Path, cfg: FinetuneConfig,
+                  adaptation: dict, access: dict | None) -> dict:
+    """This run's data and recipe, the parent (hashes + its full lineage), and the merged ancestry/owners."""
+    from genba.model.bundle import MANIFEST, WEIGHTS
+
+    parent_lineage = dict(parent_manifest.get("lineage") or {})
+    parent = {"checkpoint": str(parent_dir), "preset": parent_manifest.get("preset"),
+              "weights_sha256": sha256_file(parent_dir / WEIGHTS),
+              "manifest_sha256": sha256_file(parent_dir / MANIFEST), "lineage": parent_lineage}
+    ancestry = [{k: parent[k] for k in ("checkpoint", "weights_sha256")}] + list(parent_lineage.get("ancestry", []))
+    out = {"datasets": data.lineage(),
+           "training": {"kind": "finetune", "run_dir": str(run_dir), "finetune_config": cfg.to_dict()},
+           "adaptation": adaptation, "parent": parent, "ancestry": ancestry, **(access or {})}
+    owners = set(parent_lineage.get("owners", [])) | set((access or {}).get("owners", []))
+    if owners:  # whose data is inside: the parent's owners stay inside the child
+        out["owners"] = sorted(owners)
+    return out
+
+
+# ---- the run ----------------------------------------------------------------------------
+def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
+             cfg: FinetuneConfig | None = None, *, spec=None, replay: Sequence[str | os.PathLike] = (),
+             read_table: Callable | None = None, lineage: dict | Callable[[], dict] | None = None,
+             progress: bool = True) -> FinetuneResult:
+    """Adapt ``checkpoint`` to ``data_dirs`` into ``run_dir``; see the module docstring.
+
+    ``spec`` (an EmbodimentSpec) replaces the datasets' own spec; ``read_table``
+    and ``lineage`` are the governance seam, as for :func:`genba.train.trainer.train`.
+    """
+    from genba.device import default_device
+    from genba.model.bundle import bundle_stats, load_model
+    from genba.train.checkpoint import resolve_checkpoint
+    from genba.train.trainer import merge_stats
+
+    cfg = cfg or FinetuneConfig()
+    if not data_dirs:
+        raise FinetuneError("no datasets given (--data DIR[,DIR...])")
+    if replay and cfg.replay_weight == 0.0:
+        cfg = dataclasses.replace(cfg, replay_weight=0.3)
+    device = default_device()
+    parent_dir = resolve_checkpoint(checkpoint)
+    parent, manifest = load_model(parent_dir, device=device)
+    norm_mode = manifest.get("normalization", {}).get("mode", "mean_std")
+    datasets, replayed = open_data(data_dirs, spec, read_table), open_data(replay, None, read_table)
+    new_specs, adapted = plan_embodiments(dict(parent.specs), datasets, replayed)
+    parent_stats = bundle_stats(manifest, str(parent_dir))
+    stats, decisions = dict(parent_stats), {}
+    for name in dict.fromkeys(ds.embodiment for ds in datasets):
+        fresh = merge_stats([ds.stats for ds in datasets if ds.embodiment == name])
+        stats[name], decisions[name] = choose_stats(cfg.stats, parent_stats.get(name), fresh, norm_mode)
+        if progress:
+            print(f"genba finetune: stats for {name!r}: {decisions[name]}")
+    data = build_data(datasets, replayed, stats, norm_mode, cfg, parent.cfg)
+    model, n_train = adapt_model(parent, new_specs, cfg, list(data.specs), device)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    adaptation = {"mode": "full" if cfg.init == "scratch" else cfg.mode, "init": cfg.init,
+                  "added_embodiments": [s.name for s in new_specs], "adapted_embodiments": adapted,
+                  "stats": decisions, "trainable_params": n_train,
+                  "total_params": sum(p.numel() for p in model.parameters())}
+    access = lineage() if callable(lineage) else lineage
+    full_lineage = build_lineage(parent_dir, manifest, data, run_dir, cfg, adaptation, access)
+    (run_dir / "config.json").write_text(json.dumps({"finetune": cfg.to_dict(), "checkpoint": str(parent_dir),
+                                                     "data": [str(d) for d in data_dirs],
+                                                     "replay": [str(d) for d in replay]}, indent=2))
+    step, loss, history, ckpt_dir = _train(model, data, cfg, run_dir, stats, manifest, full_lineage, norm_mode,
+                                           progress)
+    return FinetuneResult(run_dir, ckpt_dir, step, loss, [s.name for s in new_specs], adapted, decisions,
+                          n_train, history)
+
+
+def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifest: dict, lineage: dict,
+           norm_mode: str, progress: bool):
+    """AdamW over the trainable parameters, the trainer's schedule and batches; one checkpoint at the end."""
+    from genba.data.reader import mixed_sampler
+    from genba.model.bundle import save_bundle
+    from genba.model.lora import merged_state_dict
+    from genba.train import checkpoint as ckpt
+    from genba.train.monitor import Monitor
+    from genba.train.trainer import build_optimizer, lr_at, make_batch
+
+    tc = cfg.train
+    device = next(model.parameters()).device
+    optimizer = build_optimizer(model, tc)
+    sampler = mixed_sampler(data.mixed, 2**62, seed=tc.seed)
+    total = tc.steps
+    monitor = Monitor(run_dir, enabled=True, total_steps=total, progress=progress, tensorboard=cfg.tensorboard)
+    history, t0, step, sums = [], time.perf_counter(), 0, []
+    try:
+        while step < total:
+            if tc.minutes is not None:  # time budget: re-fit the schedule to the measured step rate
+                elapsed = time.perf_counter() - t0
+                if elapsed >= tc.minutes * 60:
+                    break
+                if step >= 5:
+                    total = max(step + 1, int(step * tc.minutes * 60 / elapsed))
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(step, tc, total)
+            idx = sampler.indices(step * tc.batch_size, (step + 1) * tc.batch_size)
+            loss, _ = model.loss(make_batch(data, idx, device))
+            loss.backward()
+            params = [p for p in model.parameters() if p.grad is not None]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf")))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            sums.append(loss.item())
+            if step % tc.log_every == 0 or step == total:
+                rec = {"step": step, "loss": float(np.mean(sums)), "lr": optimizer.param_groups[0]["lr"],
+                       "grad_norm": grad_norm, "elapsed_s": round(time.perf_counter() - t0, 3), "total_steps": total}
+                sums = []
+                history.append(rec)
+                monitor.log(rec)
+                monitor.advance(step, total, rec["loss"])
+        monitor.advance(step, step)
+    finally:
+        monitor.close()
+
+    def write_bundle(directory: Path, _full: dict) -> None:
+        plain = _plain_copy(model, merged_state_dict(model))
+        save_bundle(directory, plain, stats={n: stats[n] for n in plain.specs}, preset=manifest["preset"],
+                    normalization=norm_mode, lineage=lineage, extra={"train_preset": "finetune"})
+
+    state = {"step": step, "total_steps": total, "elapsed": time.perf_counter() - t0, "kind": "finetune"}
+    final = ckpt.save_checkpoint(run_dir, step, model, optimizer, state, write_bundle, keep_last=1)
+    return step, (history[-1]["loss"] if history else float("nan")), history, final
+
+
+# ---- CLI --------------------------------------------------------------------------------
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from genba.train.commands import _dirs, add_access_args
+
+    p = subparsers.add_parser("finetune", help="adapt a pretrained checkpoint to new tasks or a new embodiment",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="pretrained checkpoint dir or run dir (its latest checkpoint)")
+    p.add_argument("--data", required=True, type=_dirs, help="new datasets, comma-separated")
+    p.add_argument("--out", required=True, type=Path, help="run directory of the adapted model")
+    p.add_argument("--mode", choices=MODES, default="lora", help="what trains besides the stems/heads")
+    p.add_argument("--spec", type=Path, help="embodiment spec JSON replacing the datasets' own")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (default 500)")
+    length.add_argument("--minutes", type=float, help="wall-time budget")
+    p.add_argument("--lora-rank", type=int, default=8, help="adapter rank with --mode lora")
+    p.add_argument("--lora-alpha", type=float, default=None, help="adapter scale numerator (default: the rank)")
+    p.add_argument("--stats", choices=STATS_POLICIES, default="auto",
+                   help="normalization stats of known embodiments")
+    p.add_argument("--replay", type=_dirs, default=(), help="pretraining datasets mixed back in (rehearsal)")
+    p.add_argument("--replay-weight", type=float, default=0.0,
+                   help="share of replay samples (default 0.3 with --replay)")
+    p.add_argument("--from-scratch", action="store_true", help="baseline: same architecture, fresh weights, all trained")
+    p.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, help="seed for new weights and data order")
+    p.add_argument("--lang", choices=("en", "ja", "mix"), help="instruction language drawn in training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_access_args(p)
+    p.set_defaults(func=run, purpose="finetune")  # the declared purpose of governed reads
+
+
+def run(args: argparse.Namespace) -> int:
+    from genba.data.lerobot import DatasetError
+    from genba.model.bundle import BundleError
+    from genba.train.checkpoint import CheckpointError
+    from genba.train.commands import access_from_args
+    from genba.train.config import TrainConfigError
+
+    try:
+        over = {k: v for k, v in {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size,
+                                  "lr": args.lr, "seed": args.seed, "lang": args.lang}.items() if v is not None}
+        cfg = FinetuneConfig(mode=args.mode, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, stats=args.stats,
+                             init="scratch" if args.from_scratch else "pretrained", replay_weight=args.replay_weight,
+                             train=default_train_config().replace(**over))
+        spec = read_spec_file(args.spec) if args.spec else None
+        # replay data is read too, so it is authorized (and audited) with the new data
+        read_table, lineage = access_from_args(argparse.Namespace(**{**vars(args),
+                                                                    "data": [*args.data, *args.replay]}))
+        res = finetune(args.checkpoint, args.data, args.out, cfg, spec=spec, replay=args.replay,
+                       read_table=read_table, lineage=lineage, progress=not args.no_progress)
+    except (FinetuneError, TrainConfigError, DatasetError, CheckpointError, BundleError) as e:
+        raise CLIError(str(e)) from None
+    print(f"fine-tuned {res.step} steps ({cfg.mode if cfg.init == 'pretrained' else 'from scratch'}, "
+          f"{res.trainable_params:,} trainable parameters), loss {res.loss:.4f}; added {res.added or 'none'}, "
+          f"adapted {res.adapted or 'none'}; checkpoint {res.checkpoint}")
+    return 0
