@@ -6,7 +6,7 @@ import torch
 
 from genba.model.bundle import BundleError, load_model, save_bundle
 from genba.model.config import get_preset
-from genba.model.policy import Policy, load_policy
+from genba.model.policy import Policy, infer_chunk_many, infer_many, load_policy
 
 from model_synth import build, make_specs, make_stats
 
@@ -143,3 +143,71 @@ def test_save_refuses_a_state_dict_of_another_shape(tmp_path, debug_cfg):
     assert not (tmp_path / "c" / "genba.json").exists()
     with pytest.raises(BundleError, match="no normalization stats"):
         save_bundle(tmp_path / "d", model, stats={})
+
+
+# ---- several streams, one model call -------------------------------------------------------
+STREAMS = [("arm", 7, "ensemble", "pick up the block"), ("drive", 4, "replan", "track the current"),
+           ("arm", 7, "replan", "ブロックを持ち上げる"), ("drive", 4, "ensemble", "track the current")]
+
+
+def stream_policies(model, stats):
+    return [Policy(model, stats, device="cpu", execute=ex, replan_every=2, seed=10 + k)
+            for k, (_, _, ex, _) in enumerate(STREAMS)]
+
+
+def stream_obs(rng, step):
+    out = []
+    for k, (name, dim, _, text) in enumerate(STREAMS):
+        if k == 0 and step == 5:  # stream 0 switches machine mid-run: a new episode on that stream only
+            name, dim = "drive", 4
+        elif k == 0 and step > 5:
+            name, dim = "drive", 4
+        out.append({"embodiment": name, "state": rng.normal(size=dim).astype(np.float32), "instruction": text})
+    return out
+
+
+@pytest.mark.parametrize("chunks", [False, True], ids=["infer", "infer_chunk"])
+def test_batched_streams_equal_one_by_one(debug_cfg, chunks):
+    specs = make_specs()
+    model, stats = build(debug_cfg, specs), make_stats(specs)
+    batched, singles = stream_policies(model, stats), stream_policies(model, stats)
+    calls = []
+    readouts = model.readouts
+    model.readouts = lambda batch: calls.append(sorted(batch)) or readouts(batch)
+    rng = np.random.default_rng(0)
+    for step in range(9):  # longer than the debug chunk: ensembles, replans and a machine switch
+        obs = stream_obs(rng, step)
+        calls.clear()
+        if chunks:
+            got = infer_chunk_many(batched, obs)
+            assert len(calls) == 1  # one trunk pass for four streams of two embodiments
+            want = [p.infer_chunk(o) for p, o in zip(singles, obs)]
+        else:
+            got = infer_many(batched, obs)
+            assert len(calls) <= 1
+            want = [p.infer(o) for p, o in zip(singles, obs)]
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == np.float32
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    for b, s in zip(batched, singles):  # the streams' state matches too: the next single step agrees
+        assert b._step == s._step and len(b._chunks) == len(s._chunks) and b._embodiment == s._embodiment
+
+
+def test_batched_refuses_bad_input_before_any_stream_advances(debug_cfg):
+    specs = make_specs()
+    model, stats = build(debug_cfg, specs), make_stats(specs)
+    pols = stream_policies(model, stats)
+    obs = stream_obs(np.random.default_rng(0), 0)
+    infer_many(pols, obs)
+    before = [p._step for p in pols]
+    bad = [*obs[:2], {**obs[2], "state": np.zeros(3)}, obs[3]]
+    with pytest.raises(ValueError, match=r"observations\[2\]: obs\['state'\] has shape \(3,\)"):
+        infer_many(pols, bad)
+    assert [p._step for p in pols] == before
+    with pytest.raises(ValueError, match="same Policy appears twice"):
+        infer_chunk_many([pols[0], pols[0]], obs[:2])
+    with pytest.raises(ValueError, match="share one model"):
+        infer_many([pols[0], Policy(build(debug_cfg, specs), stats, device="cpu")], obs[:2])
+    with pytest.raises(ValueError, match="2 policies but 1 observations"):
+        infer_many(pols[:2], obs[:1])
+    assert infer_many([], []) == []

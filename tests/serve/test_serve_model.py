@@ -65,3 +65,22 @@ def test_model_server_batches_across_embodiments(checkpoint, tokens):
             acts = np.asarray(r.json()["actions"])
             assert acts.shape == (backend.chunk, spec.action_dim)
             assert np.all(acts >= np.array(spec.action_low)) and np.all(acts <= np.array(spec.action_high))
+
+
+def test_batched_sessions_match_their_own_policies(checkpoint):
+    """The micro-batch (one trunk pass, two embodiments, three sessions) gives each session what
+    its own Policy gives alone, step after step; a bad observation fails only its own request."""
+    backend = load_backend(str(checkpoint))
+    specs = [get_task(t).spec for t in (*TASKS, TASKS[0])]
+    sessions, alone = [backend.new_state() for _ in specs], [backend.new_state() for _ in specs]
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        obs = [{"embodiment": s.name, "state": rng.uniform(-0.5, 0.5, s.obs_dim).astype(np.float32),
+                "instruction": "track"} for s in specs]
+        got = backend.infer_batch(list(zip(sessions, obs)))
+        for g, p, o in zip(got, alone, obs):
+            np.testing.assert_allclose(g, p.infer_chunk(o), rtol=1e-4, atol=1e-5)
+    bad = {"embodiment": specs[1].name, "state": np.zeros(specs[1].obs_dim + 1, np.float32), "instruction": ""}
+    outs = backend.infer_batch([(sessions[0], obs[0]), (sessions[1], bad)])
+    assert isinstance(outs[1], ValueError) and "obs['state'] has shape" in str(outs[1])
+    assert outs[0].shape == (backend.chunk, specs[0].action_dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -13,7 +14,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from genba.client import PolicyClient, ServerError
-from genba.serve.server import PolicyServer, ServerConfig, build_app
+from genba.serve.server import InferRequest, PolicyServer, ServeError, ServerConfig, build_app
 from tests.serve.conftest import FakePolicy, fake_backend
 
 OBS = {"embodiment": "toy", "state": [0.0, 0.0, 0.0, 0.5, 0.1], "instruction": "move"}
@@ -164,3 +165,26 @@ def test_concurrent_clients_are_batched(live, tokens):
     [t.join(30) for t in threads]
     assert not errors and server.served == 40
     assert server.batcher.items == 40 and server.batcher.batches < 40  # some calls shared a batch
+
+
+def test_a_failing_item_fails_only_its_own_request(tokens):
+    """A batch where one session's policy refuses its observation: that caller gets a 422 naming
+    the problem, the other sessions in the same micro-batch are served."""
+    def script(obs):
+        if obs["state"][4] > 0.9:
+            raise ValueError("obs['state'] refused by the policy")
+        return np.zeros((4, 3), np.float32)
+
+    server = PolicyServer(fake_backend(script=script), tokens, ServerConfig(batch_window_s=0.05))
+    tok = tokens.issue("acme")
+
+    async def main():
+        bad = {**OBS, "state": [0.0, 0.0, 0.0, 0.5, 0.95]}
+        reqs = [InferRequest.model_validate({"obs": o, "session": f"s{i}"}) for i, o in enumerate([OBS, bad, OBS])]
+        p = server.principal(f"Bearer {tok}")
+        return await asyncio.gather(*(server.infer(p, r) for r in reqs), return_exceptions=True)
+
+    ok1, err, ok2 = asyncio.run(main())
+    assert isinstance(err, ServeError) and err.status == 422 and "refused by the policy" in err.message
+    assert ok1["timing"]["batch_size"] == 3 and np.asarray(ok2["actions"]).shape == (4, 3)
+    assert server.batcher.batches == 1

@@ -14,6 +14,10 @@ summary cached per instruction, and chunk execution:
 - ``execute="replan"``: a fresh chunk every ``replan_every`` steps, played open
   loop in between (cheaper; OpenVLA-OFT style).
 
+Several streams over one model (a server's sessions) step together with
+:func:`infer_many` / :func:`infer_chunk_many`: one trunk pass for all of them,
+each stream's state advancing exactly as its own ``infer`` would.
+
 Bad observations raise ValueError naming the field (``obs['state']``, ...).
 """
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,27 +79,35 @@ class Policy:
 
     def infer(self, obs: Mapping[str, Any]) -> np.ndarray:
         """The action (action_dim,) float32 for this step, in the machine's units."""
-        self._observe(obs)
-        t = self._step
-        self._step += 1
-        if self.execute == "replan":
-            if not self._chunks or t - self._chunks[-1][0] >= self.replan_every:
-                self._chunks.append((t, self._predict()))
-            start, chunk = self._chunks[-1]
-            return chunk[t - start].copy()
-        self._chunks.append((t, self._predict()))
-        return self._ensemble(t)
+        t, fresh = self._advance(obs)
+        if fresh:
+            self._chunks.append((t, self._predict()))
+        return self._action(t)
 
     def infer_chunk(self, obs: Mapping[str, Any]) -> np.ndarray:
         """The whole predicted chunk (chunk, action_dim) float32 starting at this step (for the server)."""
-        self._observe(obs)
-        t = self._step
-        self._step += 1
+        t, _ = self._advance(obs)
         chunk = self._predict()
         self._chunks.append((t, chunk))
         return chunk.copy()
 
     # ---- internals ---------------------------------------------------------
+    def _advance(self, obs: Mapping[str, Any]) -> tuple[int, bool]:
+        """Take this step's observation: (step t, whether ``infer`` needs a fresh chunk at t)."""
+        self._observe(obs)
+        t = self._step
+        self._step += 1
+        fresh = (self.execute == "ensemble" or not self._chunks
+                 or t - self._chunks[-1][0] >= self.replan_every)
+        return t, fresh
+
+    def _action(self, t: int) -> np.ndarray:
+        """The action for step t from the queued chunks (open loop, or the temporal ensemble)."""
+        if self.execute == "replan":
+            start, chunk = self._chunks[-1]
+            return chunk[t - start].copy()
+        return self._ensemble(t)
+
     def _observe(self, obs: Mapping[str, Any]) -> None:
         name, state, instruction = validate_obs(obs, self.specs)
         if name != self._embodiment:  # another machine on this stream: a new episode
@@ -115,17 +127,26 @@ class Policy:
     @torch.inference_mode()
     def _predict(self) -> np.ndarray:
         """One model call on the current history: unnormalized chunk (C, A)."""
-        H, name = self.cfg.history, self._embodiment
+        name = self._embodiment
+        state, is_pad = self._model_inputs()
+        batch = {name: {"observation.state": state[None], "observation.state_is_pad": is_pad[None],
+                        "lang_summary": self._lang[1]}}
+        norm = self.model.sample_actions(batch, generator=self._generator)[name][0]
+        return self._to_machine(norm)
+
+    def _model_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalized, front-padded history (H, obs) and its pad mask (H,) on the policy's device."""
+        H = self.cfg.history
         frames = list(self._history)
         pad = H - len(frames)
         history = np.stack([frames[0]] * pad + frames).astype(np.float32)  # (H, obs), oldest first
-        sample = self._normalize({"embodiment": name, "observation.state": history})
+        sample = self._normalize({"embodiment": self._embodiment, "observation.state": history})
         state = torch.as_tensor(np.asarray(sample["observation.state"], dtype=np.float32), device=self.device)
-        is_pad = torch.arange(H, device=self.device) < pad
-        batch = {name: {"observation.state": state[None], "observation.state_is_pad": is_pad[None],
-                        "lang_summary": self._lang[1]}}
-        norm = self.model.sample_actions(batch, generator=self._generator)[name][0].float().cpu().numpy()
-        out = self._unnormalize({"embodiment": name, "action": norm})
+        return state, torch.arange(H, device=self.device) < pad
+
+    def _to_machine(self, norm: torch.Tensor) -> np.ndarray:
+        """A normalized chunk (C, A) -> machine units, float32."""
+        out = self._unnormalize({"embodiment": self._embodiment, "action": norm.float().cpu().numpy()})
         return np.asarray(out["action"], dtype=np.float32)  # (C, A)
 
     def _ensemble(self, t: int) -> np.ndarray:
@@ -137,6 +158,79 @@ class Policy:
                 weights.append(math.exp(-self.ensemble_m * i))  # i = age of that chunk
         w = np.asarray(weights, dtype=np.float64)
         return (np.stack(preds) * (w / w.sum())[:, None]).sum(0).astype(np.float32)
+
+
+# ---- several control streams, one model call --------------------------------
+def infer_many(policies: Sequence[Policy], observations: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+    """``[p.infer(o) for p, o in zip(policies, observations)]`` with one model call for every
+    stream that needs a fresh chunk this step (a server's sessions, an evaluation's envs).
+
+    The policies must share one model; they may serve different embodiments and
+    instructions and use different execute modes. Each keeps its own history,
+    chunk queue, ensemble and sampler exactly as its own ``infer`` would: a flow
+    head draws each stream's noise from that stream's generator. Every
+    observation is checked before any policy changes: a bad one raises ValueError
+    naming its index and field, and no policy advances.
+    """
+    _check_many(policies, observations)
+    steps = [p._advance(o) for p, o in zip(policies, observations)]
+    todo = [i for i, (_, fresh) in enumerate(steps) if fresh]
+    for i, chunk in zip(todo, _predict_many([policies[i] for i in todo])):
+        policies[i]._chunks.append((steps[i][0], chunk))
+    return [p._action(t) for p, (t, _) in zip(policies, steps)]
+
+
+def infer_chunk_many(policies: Sequence[Policy], observations: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+    """``[p.infer_chunk(o) ...]`` with one model call for all (see :func:`infer_many`)."""
+    _check_many(policies, observations)
+    steps = [p._advance(o)[0] for p, o in zip(policies, observations)]
+    chunks = _predict_many(list(policies))
+    for p, t, chunk in zip(policies, steps, chunks):
+        p._chunks.append((t, chunk))
+    return [c.copy() for c in chunks]
+
+
+def _check_many(policies: Sequence[Policy], observations: Sequence[Mapping[str, Any]]) -> None:
+    if len(policies) != len(observations):
+        raise ValueError(f"{len(policies)} policies but {len(observations)} observations")
+    if len({id(p) for p in policies}) != len(policies):
+        raise ValueError("the same Policy appears twice in one batch (one observation per stream and step)")
+    if policies and any(p.model is not policies[0].model for p in policies):
+        raise ValueError("batched policies must share one model object")
+    for i, (p, obs) in enumerate(zip(policies, observations)):
+        try:
+            validate_obs(obs, p.specs)
+        except ValueError as e:
+            raise ValueError(f"observations[{i}]: {e}") from None
+
+
+@torch.inference_mode()
+def _predict_many(pols: list[Policy]) -> list[np.ndarray]:
+    """One trunk pass for several policies' current histories (any embodiments): chunks (C, A) each."""
+    if len(pols) <= 1:
+        return [p._predict() for p in pols]
+    model = pols[0].model
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pols):
+        groups.setdefault(p._embodiment, []).append(i)
+    batch = {}
+    for name, idx in groups.items():
+        states, pads = zip(*(pols[i]._model_inputs() for i in idx))
+        batch[name] = {"observation.state": torch.stack(states),  # (B, H, obs)
+                       "observation.state_is_pad": torch.stack(pads),  # (B, H)
+                       "lang_summary": torch.cat([pols[i]._lang[1] for i in idx])}  # (B, S, D)
+    readouts, _ = model.readouts(batch)
+    chunks: list[np.ndarray] = [None] * len(pols)  # type: ignore[list-item]
+    steps = model.cfg.flow_steps
+    for name, idx in groups.items():
+        head, ro = model.heads[name], readouts[name]  # (B, R, D)
+        if model.cfg.head == "l1":  # deterministic: one head call for the group
+            norm = head.sample(ro, steps, None)  # (B, C, A)
+        else:  # stochastic: each stream's noise from its own generator, as in its own infer
+            norm = torch.cat([head.sample(ro[k:k + 1], steps, pols[i]._generator) for k, i in enumerate(idx)])
+        for k, i in enumerate(idx):
+            chunks[i] = pols[i]._to_machine(norm[k])
+    return chunks
 
 
 def validate_obs(obs: Mapping[str, Any], specs: Mapping[str, Any]) -> tuple[str, np.ndarray, str]:

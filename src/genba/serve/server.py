@@ -63,7 +63,7 @@ class Backend(Protocol):
 
     def reset_state(self, state: Any) -> None: ...
 
-    def infer_batch(self, items: list[tuple[Any, dict]]) -> list[np.ndarray]: ...
+    def infer_batch(self, items: list[tuple[Any, dict]]) -> list[np.ndarray | Exception]: ...
 
 
 # ---- request bodies (also the OpenAPI schema) --------------------------------
@@ -139,6 +139,7 @@ class MicroBatcher:
             for (_, _, fut, t_in), out, err in zip(batch, outs, errs):
                 if fut.done():
                     continue
+                err = out if isinstance(out, BaseException) else err  # that item alone failed
                 if err is not None:
                     fut.set_exception(err)
                 else:
@@ -209,7 +210,10 @@ class PolicyServer:
                 s.embodiment, s.last_end = spec.name, None
                 s.shield = self._build_shield(spec, s.shield)
             obs = req.obs.model_dump()
-            chunk, timing = await self.batcher.submit(s.state, obs)
+            try:
+                chunk, timing = await self.batcher.submit(s.state, obs)
+            except ValueError as e:  # the policy refused the observation (checked again there)
+                raise ServeError(422, str(e)) from None
             t1 = time.perf_counter()
             actions = self._shield_chunk(s, spec, np.asarray(chunk, dtype=float), obs["state"], req.horizon)
             self.served += 1
@@ -414,6 +418,17 @@ async def _ws_op(server: PolicyServer, p: Principal, token: str | None, frame: b
         return {"ok": False, "status": e.status, "detail": e.message}
 
 
+def tls_options(certfile: str, keyfile: str, client_ca: str | None = None) -> dict:
+    """uvicorn keyword arguments for TLS with the server's certificate and key; with
+    ``client_ca``, mutual TLS: a client must present a certificate signed by that CA."""
+    import ssl
+
+    opts = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    if client_ca is not None:
+        opts.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return opts
+
+
 # ---- backends ----------------------------------------------------------------
 class PolicyBackend:
     """Any object with the Policy interface (``infer_chunk``, ``reset``, ``specs``), one per session."""
@@ -431,16 +446,24 @@ class PolicyBackend:
         state.reset()
 
     def infer_batch(self, items):
-        return [np.asarray(pol.infer_chunk(obs)) for pol, obs in items]
+        """One chunk per item, or the exception that item raised (the others are still served)."""
+        return [_try_chunk(pol, obs) for pol, obs in items]
+
+
+def _try_chunk(pol, obs) -> np.ndarray | Exception:
+    try:
+        return np.asarray(pol.infer_chunk(obs))
+    except Exception as e:  # reported to that request's caller only
+        return e
 
 
 class GenbaBackend(PolicyBackend):
     """The genba model: one shared Generalist, one Policy (history, chunk queue) per
     session, and one trunk pass per micro-batch, across embodiments.
 
-    The batched path repeats ``Policy._predict`` for several policies at once (it
-    reads the policy's history, language cache and transforms); any failure there
-    falls back to one call per session, so nothing is lost.
+    Batches go through ``genba.model.policy.infer_chunk_many``: each session's policy
+    advances exactly as its own ``infer_chunk`` would. A bad observation refuses the
+    batch before any session advances; then each is served alone, so only it fails.
     """
 
     @classmethod
@@ -468,47 +491,12 @@ class GenbaBackend(PolicyBackend):
         return be
 
     def infer_batch(self, items):
-        for pol, obs in items:  # validation and history first: errors raise before any model call
-            pol._observe(obs)
-            pol._step += 1
+        from genba.model.policy import infer_chunk_many
+
         try:
-            chunks = self._predict_many([pol for pol, _ in items])
-        except Exception:
-            chunks = [pol._predict() for pol, _ in items]
-        for (pol, _), c in zip(items, chunks):
-            pol._chunks.append((pol._step - 1, c))
-        return [c.copy() for c in chunks]
-
-    def _predict_many(self, pols):
-        import torch
-
-        groups: dict[str, list[int]] = {}
-        for i, pol in enumerate(pols):
-            groups.setdefault(pol._embodiment, []).append(i)
-        batch = {}
-        for name, idx in groups.items():
-            states, pads, langs = [], [], []
-            for i in idx:
-                pol = pols[i]
-                H, frames = pol.cfg.history, list(pol._history)
-                pad = H - len(frames)
-                hist = np.stack([frames[0]] * pad + frames).astype(np.float32)  # (H, obs)
-                norm = pol._normalize({"embodiment": name, "observation.state": hist})["observation.state"]
-                states.append(np.asarray(norm, dtype=np.float32))
-                pads.append(np.arange(H) < pad)
-                langs.append(pol._lang[1])  # (1, S, D)
-            batch[name] = {"observation.state": torch.as_tensor(np.stack(states), device=self.device),  # (B, H, obs)
-                           "observation.state_is_pad": torch.as_tensor(np.stack(pads), device=self.device),
-                           "lang_summary": torch.cat(langs)}  # (B, S, D)
-        with torch.inference_mode():
-            out = self.model.sample_actions(batch, generator=pols[0]._generator)
-        chunks = [None] * len(pols)
-        for name, idx in groups.items():
-            norm = out[name].float().cpu().numpy()  # (B, C, A)
-            for k, i in enumerate(idx):
-                act = pols[i]._unnormalize({"embodiment": name, "action": norm[k]})["action"]
-                chunks[i] = np.asarray(act, dtype=np.float32)
-        return chunks
+            return infer_chunk_many([pol for pol, _ in items], [obs for _, obs in items])
+        except ValueError:  # a bad observation: no stream advanced; serve one by one so only it fails
+            return super().infer_batch(items)
 
 
 def load_backend(checkpoint_dir: str, **policy_kwargs) -> GenbaBackend:
