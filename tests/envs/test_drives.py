@@ -161,3 +161,41 @@ def test_bad_action_is_refused_with_its_names():
         env.step(np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="finite"):
         env.step(np.array([np.nan, 0.0], np.float32))
+
+
+# ---- observation layout and import cost ---------------------------------------------
+@pytest.mark.parametrize("task", D.DRIVE_TASKS, ids=lambda t: t.id)
+def test_machine_table_matches_gem(task):
+    names, limits, low, tau = D.gem_limits(task)
+    assert names == task.machine.state_names
+    np.testing.assert_allclose(limits, task.machine.limits, rtol=1e-12)
+    assert tau == pytest.approx(D.TAU)
+    spec = D.machine_spec(task.machine.name)
+    for name, lo in zip(names, low):
+        if name in spec.obs_names and name != "torque" and not name.startswith("i"):
+            assert spec.obs_low[spec.obs_names.index(name)] == lo, name
+
+
+@pytest.mark.parametrize("task_id", ["drive/pmsm-current", "drive/dc-speed"])
+def test_observation_hides_applied_voltage_but_keeps_states(task_id):
+    # the previous command must not be visible (copycat policies), the measured states must
+    env = D.make_drive_env(task_id, seed=0)
+    names = env.embodiment.obs_names
+    assert not {"u", "u_a", "u_b", "u_c", "u_sd", "u_sq"} & set(names)
+    obs, _ = env.reset(seed=4)
+    ex = expert(env)
+    for _ in range(20):
+        obs, *_ = env.step(ex.act(obs))
+    m = env.task.machine
+    for n in m.observed:
+        j = m.state_names.index(n)
+        assert obs[names.index(n)] == pytest.approx(np.clip(env._state[j], -4, 4), abs=1e-6), n
+
+
+def test_registry_load_does_not_import_gym_electric_motor():
+    import subprocess
+    import sys
+
+    code = ("import sys, genba.envs.embodiments.drives as D; D.machine_spec('pmsm'); "
+            "sys.exit(int('gym_electric_motor' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -165,6 +165,10 @@ def run_job(job: tuple[EvalConfig, str, list[tuple[int, int]]]) -> list[EpisodeR
     envs = [_env(task, j, seed) for j, (_, seed) in enumerate(episodes)]
     if cfg.checkpoint == EXPERT:
         policy = ExpertPolicy([task.make_expert(env) for env in envs])
+    elif (Path(cfg.checkpoint) / "baseline.json").is_file():  # the per-task MLP baseline (genba.eval.baselines)
+        from genba.eval.baselines import load_baseline_policy
+
+        policy = load_baseline_policy(cfg.checkpoint, cfg.execute, cfg.replan_every)
     else:
         policy = load_batched_policy(cfg.checkpoint, cfg)
     return run_lockstep(task, envs, policy, episodes, cfg)

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import ssl
 from pathlib import Path
 
 from genba.cli import CLIError
@@ -75,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from genba.serve.auth import TokenStore
-    from genba.serve.server import PolicyServer, ServerConfig, build_app, load_backend
+    from genba.serve.server import PolicyServer, ServerConfig, build_app, load_backend, tls_options
 
     if not args.tokens.exists():
         raise CLIError(f"--tokens {args.tokens}: no such token store; create one with `genba tokens add-org`")
@@ -85,11 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError("--tls-ca (mutual TLS) needs --tls-cert and --tls-key")
     cfg = ServerConfig(batch_window_s=args.batch_window_ms / 1e3, max_inflight=args.max_inflight)
     server = PolicyServer(load_backend(str(args.checkpoint)), TokenStore(args.tokens), cfg)
-    ssl_kw = {}
-    if args.tls_cert is not None:
-        ssl_kw = dict(ssl_certfile=str(args.tls_cert), ssl_keyfile=str(args.tls_key))
-        if args.tls_ca is not None:
-            ssl_kw.update(ssl_ca_certs=str(args.tls_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    ssl_kw = tls_options(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert is not None else {}
     uvicorn.run(build_app(server), host=args.host, port=args.port, ws_max_size=cfg.max_body_bytes,
                 limit_concurrency=cfg.max_inflight * 2, log_level="info", **ssl_kw)
     return 0

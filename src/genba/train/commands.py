@@ -6,9 +6,16 @@
 
 Data access goes through one seam: :func:`add_access_args` adds the options
 that choose how dataset files are read, and :func:`access_from_args` turns them
-into ``(read_table, lineage)`` for :func:`genba.train.trainer.train`. Today
-that is the plain reader; the governance layer plugs its governed reader in
-there (site claim, principal, purpose) without touching the trainer.
+into ``(read_table, lineage)`` for :func:`genba.train.trainer.train`. Without
+``--governed`` that is the plain reader; with it every file goes through a
+:class:`genba.govern.access.GovernedAccess` (site claim, principal, purpose):
+
+    genba train --governed --home H --principal genba-lab/trainer --site-claim CLAIM.json \
+        --purpose pretraining --preset small --data D1,D2 --out runs/small
+
+Every dataset is authorized before the trainer opens anything, so a job at a
+site outside the data's jurisdiction, or by a principal without a grant, stops
+before reading a byte with an error naming the policy that denied it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from genba.cli import CLIError
+from genba.govern.manifest import PURPOSES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,12 +54,72 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_access_args(p: argparse.ArgumentParser) -> None:
-    """Options choosing how dataset files are read (the governance layer adds its own here)."""
+    """Options choosing how dataset files are read: plain, or through the governance layer."""
+    g = p.add_argument_group("governed data access (consortium datasets)")
+    g.add_argument("--governed", action="store_true",
+                   help="read every dataset through the governance layer (site claim, Cedar policy, audit, decryption)")
+    g.add_argument("--home", type=Path, default=None, help="consortium home (default: $GENBA_HOME, else ~/.genba)")
+    g.add_argument("--principal", default=None, help="who trains, as ORG/NAME (e.g. genba-lab/trainer)")
+    g.add_argument("--site-claim", type=Path, default=None, help="signed site claim of this compute site (JSON)")
+    g.add_argument("--purpose", default="pretraining", choices=PURPOSES, help="declared purpose of the reads")
+    g.add_argument("--run-id", default=None, help="run id recorded in the audit log (default: the --out dir name)")
 
 
 def access_from_args(args: argparse.Namespace) -> tuple[Callable | None, dict | Callable[[], dict] | None]:
-    """``(read_table, lineage)`` for the trainer; ``(None, None)`` = plain parquet reads."""
-    return None, None
+    """``(read_table, lineage)`` for the trainer; ``(None, None)`` = plain parquet reads.
+
+    With ``--governed`` every dataset is authorized here, before the trainer
+    opens anything; a refusal raises CLIError naming the denying policy.
+    """
+    if not args.governed:
+        _refuse_ungoverned(args)
+        return None, None
+    missing = [f"--{n.replace('_', '-')}" for n in ("principal", "site_claim") if getattr(args, n) is None]
+    if missing:
+        raise CLIError(f"--governed needs {' and '.join(missing)}")
+    access = governed_access(args.home, args.principal, args.site_claim, args.purpose,
+                             args.run_id or Path(args.out).name, args.data)
+    return access.read_table, access.lineage
+
+
+def governed_access(home: Path | None, principal: str, site_claim: Path | dict, purpose: str, run_id: str,
+                    data_dirs: list[Path]):
+    """A GovernedAccess that has authorized every dataset in ``data_dirs`` (nothing of them read yet).
+
+    Raises CLIError on any refusal (bad claim, policy denial, tampered manifest);
+    the refusal is already in the audit log. The demo calls this too.
+    """
+    from genba.govern.access import GovernedAccess
+    from genba.govern.errors import AccessDenied, GovernanceError
+
+    try:
+        access = GovernedAccess(home, principal, site_claim, purpose, run_id)
+    except GovernanceError as e:
+        raise CLIError(f"training stopped before reading any data: {e}") from None
+    try:
+        for d in data_dirs:
+            access.authorize(d)
+    except AccessDenied as e:
+        access.close()
+        raise CLIError(f"training stopped before reading any data: denied by policy {e.policy_id}: {e}") from None
+    except GovernanceError as e:
+        access.close()
+        raise CLIError(f"training stopped before reading any data: {e}") from None
+    return access
+
+
+def _refuse_ungoverned(args: argparse.Namespace) -> None:
+    """Governed options without --governed, or a governed dataset read plainly, are mistakes: say so."""
+    given = [f"--{n.replace('_', '-')}" for n in ("principal", "site_claim", "home", "run_id")
+             if getattr(args, n, None) is not None]
+    if given:
+        raise CLIError(f"{', '.join(given)} only apply with --governed")
+    from genba.govern.manifest import MANIFEST_PATH
+
+    governed = [str(d) for d in args.data if (Path(d) / MANIFEST_PATH).is_file()]
+    if governed:
+        raise CLIError(f"{', '.join(governed)} is a governed (encrypted) dataset: train with --governed "
+                       "--principal ORG/NAME --site-claim CLAIM.json")
 
 
 def run(args: argparse.Namespace) -> int:

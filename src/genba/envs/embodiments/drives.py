@@ -10,8 +10,9 @@ Notable choices
   (the PMSM speed env gets the current env's 300 V supply instead of its own
   420 V so normalized voltages mean the same thing), only the load differs
   (constant 100 rad/s for current control, free shaft with friction for speed).
-- Observation = GEM's normalized state (``state / limit``, names from the env),
-  plus for the PMSM cos/sin of the electrical angle, plus one reference slot per
+- Observation = GEM's normalized state (``state / limit``, names from the env)
+  without the applied voltages (``u``, ``u_a/b/c``, ``u_sd/u_sq``), plus for the
+  PMSM cos/sin of the electrical angle, plus one reference slot per
   controllable quantity (``ref_omega``, ``ref_i_*``; 0 where the task does not
   reference it) and a ``speed_mode`` flag (1 for speed tasks). The reference
   shown is the one the next step is scored against.
@@ -21,6 +22,17 @@ Notable choices
   duty cycles with the rotor angle advanced half a period (the abc command is
   held while the rotor turns) and min-max zero-sequence injection, the same as
   GEM's own ``control_space='dq'`` plus the usual delay compensation.
+- Why no applied voltages: at 10 kHz the expert's command barely changes from
+  one step to the next (median |du| ~1e-4), so the previous voltage in the
+  observation predicts the next one almost perfectly and a behavior-cloned
+  policy copies it instead of learning the feedback on the current error
+  (causal confusion, "copycat" policies). Measured with the GEM observation: a
+  policy trained on dc-current had ``d action / d i`` = -0.005 against the
+  expert's -0.33 and tracked 10x worse in closed loop than its action error on
+  expert states predicts. The experts never read these channels.
+- ``gym_electric_motor`` (~6 s to import) is imported only when an env is
+  built; the specs come from :data:`PMSM`/:data:`DC`'s copy of GEM's limits,
+  which :func:`gem_limits` (and the tests) check against GEM.
 - GEM's random Wiener-process references are replaced by
   :class:`ProfileReferenceGenerator`, which plays a step/ramp profile drawn from
   the env's seeded ``np_random``: ``reset(seed=s)`` reproduces an episode exactly.
@@ -39,9 +51,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import gymnasium as gym
-import gym_electric_motor as gem
 import numpy as np
-from gym_electric_motor.core import ReferenceGenerator
 
 from genba.data.spec import EmbodimentSpec, SafetyLimits
 from genba.envs.drive_control import (DcCurrentController, DcParams, DqCurrentController, PmsmParams,
@@ -54,47 +64,59 @@ _T32 = np.array([[1.0, 0.0], [-0.5, 0.5 * np.sqrt(3.0)], [-0.5, -0.5 * np.sqrt(3
 
 
 # ---- references ------------------------------------------------------------
-class ProfileReferenceGenerator(ReferenceGenerator):
-    """Plays a precomputed profile ``(T + 2, n_refs)`` of normalized references.
+@functools.lru_cache(maxsize=None)
+def _profile_generator_class() -> type:
+    """:class:`ProfileReferenceGenerator`'s class, built on first use (it subclasses GEM's)."""
+    from gym_electric_motor.core import ReferenceGenerator
 
-    Row ``k`` is the reference scored after step ``k``; the observation after
-    step ``k`` shows row ``k + 1``. Set the profile before each ``env.reset``.
-    """
+    class _ProfileReferenceGenerator(ReferenceGenerator):
+        """Plays a precomputed profile ``(T + 2, n_refs)`` of normalized references.
 
-    def __init__(self, reference_states: tuple[str, ...], bound: float = 1.0):
-        super().__init__()
-        self._reference_names = list(reference_states)
-        self.reference_space = gym.spaces.Box(-bound, bound, shape=(len(reference_states),), dtype=np.float64)
-        self._profile = np.zeros((2, len(reference_states)))
-        self._k = 0
+        Row ``k`` is the reference scored after step ``k``; the observation after
+        step ``k`` shows row ``k + 1``. Set the profile before each ``env.reset``.
+        """
 
-    def set_modules(self, physical_system):
-        super().set_modules(physical_system)
-        names = physical_system.state_names
-        self._idx = [names.index(n) for n in self._reference_names]
-        self._referenced_states = np.isin(np.arange(len(names)), self._idx)
+        def __init__(self, reference_states: tuple[str, ...], bound: float = 1.0):
+            super().__init__()
+            self._reference_names = list(reference_states)
+            self.reference_space = gym.spaces.Box(-bound, bound, shape=(len(reference_states),), dtype=np.float64)
+            self._profile = np.zeros((2, len(reference_states)))
+            self._k = 0
 
-    def set_profile(self, profile: np.ndarray) -> None:
-        self._profile = np.asarray(profile, dtype=float)
+        def set_modules(self, physical_system):
+            super().set_modules(physical_system)
+            names = physical_system.state_names
+            self._idx = [names.index(n) for n in self._reference_names]
+            self._referenced_states = np.isin(np.arange(len(names)), self._idx)
 
-    def _row(self, k: int) -> np.ndarray:
-        return self._profile[min(k, len(self._profile) - 1)]
+        def set_profile(self, profile: np.ndarray) -> None:
+            self._profile = np.asarray(profile, dtype=float)
 
-    def _full(self, k: int) -> np.ndarray:
-        ref = np.zeros(len(self._referenced_states))
-        ref[self._idx] = self._row(k)
-        return ref
+        def _row(self, k: int) -> np.ndarray:
+            return self._profile[min(k, len(self._profile) - 1)]
 
-    def get_reference(self, state, *_, **__):
-        self._k += 1  # GEM calls this exactly once per step, before the observation
-        return self._full(self._k)
+        def _full(self, k: int) -> np.ndarray:
+            ref = np.zeros(len(self._referenced_states))
+            ref[self._idx] = self._row(k)
+            return ref
 
-    def get_reference_observation(self, state, *_, **__):
-        return self._row(self._k + 1).copy()
+        def get_reference(self, state, *_, **__):
+            self._k += 1  # GEM calls this exactly once per step, before the observation
+            return self._full(self._k)
 
-    def reset(self, initial_state=None, initial_reference=None):
-        self._k = 0
-        return self._full(0), self._row(1).copy(), None
+        def get_reference_observation(self, state, *_, **__):
+            return self._row(self._k + 1).copy()
+
+        def reset(self, initial_state=None, initial_reference=None):
+            self._k = 0
+            return self._full(0), self._row(1).copy(), None
+
+    return _ProfileReferenceGenerator
+
+
+def ProfileReferenceGenerator(reference_states: tuple[str, ...], bound: float = 1.0):  # noqa: N802 (a class)
+    """A GEM reference generator playing a precomputed profile (see ``_profile_generator_class``)."""
+    return _profile_generator_class()(reference_states, bound)
 
 
 def step_ramp_profile(rng: np.random.Generator, n: int, lo: float, hi: float, *, hold=(40, 120),
@@ -129,21 +151,35 @@ class Machine:
 
     name: str
     state_names: tuple[str, ...]  # GEM's state names, in GEM's order
+    limits: tuple[float, ...]  # GEM's limits of those states (normalization: 1 = limit)
     ref_slots: tuple[str, ...]  # GEM state names that can be referenced
     angle: bool  # append cos/sin of the electrical angle (PMSM)
     action_names: tuple[str, ...]
     action_volts: float  # volts per unit action
 
+    @property
+    def observed(self) -> tuple[str, ...]:
+        """The GEM states in the observation: all but the applied voltages (see module docstring)."""
+        applied = ("u", "u_a", "u_b", "u_c", "u_sd", "u_sq")
+        return tuple(n for n in self.state_names if n not in applied)
 
+    @property
+    def observed_idx(self) -> list[int]:
+        return [self.state_names.index(n) for n in self.observed]
+
+
+# limits: GEM 3.0.3 defaults (PMSM with our 300 V supply); DriveEnv and the tests check them
 PMSM = Machine("pmsm", ("omega", "torque", "i_a", "i_b", "i_c", "i_sd", "i_sq", "u_a", "u_b", "u_c",
                         "u_sd", "u_sq", "epsilon", "u_sup"),
+               (418.87902047863906, 160.6123626293421) + (400.0,) * 5 + (150.0,) * 5 + (np.pi, 300.0),
                ("omega", "i_sd", "i_sq"), True, ("u_sd", "u_sq"), 150.0)
-DC = Machine("dc", ("omega", "torque", "i", "u", "u_sup"), ("omega", "i"), False, ("u",), 60.0)
+DC = Machine("dc", ("omega", "torque", "i", "u", "u_sup"), (400.0, 38.0, 210.0, 60.0, 60.0), ("omega", "i"), False,
+             ("u",), 60.0)
 
 
 def obs_names(m: Machine) -> tuple[str, ...]:
     angle = ("cos_epsilon", "sin_epsilon") if m.angle else ()
-    return m.state_names + angle + tuple(f"ref_{s}" for s in m.ref_slots) + ("speed_mode",)
+    return m.observed + angle + tuple(f"ref_{s}" for s in m.ref_slots) + ("speed_mode",)
 
 
 @dataclass(frozen=True)
@@ -166,8 +202,10 @@ class DriveTask:
         return self.ref_states == ("omega",)
 
 
-def build_gem(task: DriveTask, generator: ReferenceGenerator):
+def build_gem(task: DriveTask, generator):
     """The unwrapped GEM env of ``task`` with our reference generator and no dashboard."""
+    import gym_electric_motor as gem  # ~6 s: only when an env is built, never at registry load
+
     env = gem.make(task.gem_id, visualization=(), reference_generator=generator, **dict(task.gem_kwargs))
     return env.unwrapped
 
@@ -187,6 +225,8 @@ class DriveEnv(gym.Env):
         if tuple(ps.state_names) != task.machine.state_names:
             raise RuntimeError(f"{task.gem_id}: GEM state names changed: {ps.state_names}")
         self.limits = np.asarray(ps.limits, dtype=float)
+        if not np.allclose(self.limits, task.machine.limits, rtol=1e-9):
+            raise RuntimeError(f"{task.gem_id}: GEM limits {ps.limits} differ from the spec's {task.machine.limits}")
         self._ref_idx = [ps.state_names.index(s) for s in task.ref_states]
         self._pole_pairs = ps.electrical_motor.motor_parameter.get("p", 1)
         self.observation_space = gym.spaces.Box(np.array(spec.obs_low, np.float32),
@@ -239,7 +279,7 @@ class DriveEnv(gym.Env):
     # -- helpers --
     def _obs(self) -> np.ndarray:
         m, s = self.task.machine, self._state
-        parts = [s]
+        parts = [s[m.observed_idx]]
         if m.angle:
             eps = s[m.state_names.index("epsilon")] * np.pi
             parts.append([np.cos(eps), np.sin(eps)])
@@ -365,36 +405,42 @@ def _units(m: Machine, limits: dict[str, float]) -> tuple[str, ...]:
         u = base.get(name) or ("A" if name.startswith("i") else "V")
         return f"normalized (1 = {limits[name]:.6g} {u})"
 
-    out = [unit(n) for n in m.state_names]
+    out = [unit(n) for n in m.observed]
     if m.angle:
         out += ["1", "1"]
     out += [unit(s) for s in m.ref_slots] + ["flag (1 = speed control)"]
     return tuple(out)
 
 
-def _obs_bounds(m: Machine, low: np.ndarray, high: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    lo, hi = low.astype(float).copy(), high.astype(float).copy()
-    for j, n in enumerate(m.state_names):
+def _obs_bounds(m: Machine) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # GEM's state space is [-1, 1] per state, [0, 1] for the supply voltage
+    lo = [0.0 if n == "u_sup" else -1.0 for n in m.observed]
+    hi = [1.0] * len(m.observed)
+    for j, n in enumerate(m.observed):
         if n == "torque" or n.startswith("i"):
             lo[j], hi[j] = -CURRENT_OBS_BOUND, CURRENT_OBS_BOUND
     extra = (2 if m.angle else 0) + len(m.ref_slots)
-    lo = list(lo) + [-1.0] * extra + [0.0]
-    hi = list(hi) + [1.0] * extra + [1.0]
-    return tuple(lo), tuple(hi)
+    return tuple(lo + [-1.0] * extra + [0.0]), tuple(hi + [1.0] * extra + [1.0])
+
+
+def gem_limits(task: DriveTask) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...], float]:
+    """GEM's (state names, limits, state-space low, tau) of ``task``'s env, from a probe env."""
+    ps = build_gem(task, ProfileReferenceGenerator(task.ref_states)).physical_system
+    return (tuple(ps.state_names), tuple(map(float, ps.limits)), tuple(map(float, ps.state_space.low)),
+            float(ps.tau))
 
 
 def build_spec(task: DriveTask, safety: SafetyLimits, description: str) -> EmbodimentSpec:
-    """The embodiment spec of ``task``'s machine, read from a probe GEM env."""
-    g = build_gem(task, ProfileReferenceGenerator(task.ref_states))
-    ps, m = g.physical_system, task.machine
-    limits = dict(zip(ps.state_names, map(float, ps.limits)))
-    lo, hi = _obs_bounds(m, ps.state_space.low, ps.state_space.high)
+    """The embodiment spec of ``task``'s machine (no GEM import: limits from :class:`Machine`)."""
+    m = task.machine
+    limits = dict(zip(m.state_names, m.limits))
+    lo, hi = _obs_bounds(m)
     n_act = len(m.action_names)
     return EmbodimentSpec(
         name=m.name, robot_type=f"gem-{m.name}", obs_names=obs_names(m), obs_units=_units(m, limits),
         obs_low=lo, obs_high=hi, action_names=m.action_names,
         action_units=(f"normalized (1 = {m.action_volts:g} V)",) * n_act,
-        action_low=(-1.0,) * n_act, action_high=(1.0,) * n_act, control_period=float(ps.tau),
+        action_low=(-1.0,) * n_act, action_high=(1.0,) * n_act, control_period=TAU,
         action_meaning=("stator voltage in the rotor dq frame (normalized); the env modulates it into "
                         "phase voltages" if m.angle else "armature voltage (normalized)"),
         description=description, safety=safety)
