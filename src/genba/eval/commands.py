@@ -67,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
 def _check_embodiments(checkpoint: str, task_ids: tuple[str, ...]) -> None:
     """Refuse tasks whose embodiment the checkpoint has no stem and head for, before spawning workers."""
     from genba.envs.registry import get_task
+    from genba.eval.baselines import check_baseline_tasks, is_baseline
     from genba.model.bundle import read_manifest
 
+    if is_baseline(checkpoint):
+        return check_baseline_tasks(checkpoint, task_ids)
     known = set(read_manifest(checkpoint)["specs"])
     missing = sorted({get_task(t).spec.name for t in task_ids} - known)
     if missing:
