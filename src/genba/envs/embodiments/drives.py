@@ -14,8 +14,18 @@ Notable choices
   without the applied voltages (``u``, ``u_a/b/c``, ``u_sd/u_sq``), plus for the
   PMSM cos/sin of the electrical angle, plus one reference slot per
   controllable quantity (``ref_omega``, ``ref_i_*``; 0 where the task does not
-  reference it) and a ``speed_mode`` flag (1 for speed tasks). The reference
-  shown is the one the next step is scored against.
+  reference it), one control-error slot per quantity (``err_* = ref_* -
+  state``, 0 where not referenced) and a ``speed_mode`` flag (1 for speed
+  tasks). The reference shown is the one the next step is scored against.
+- Why the error is its own channel: it is the signal the controller acts on
+  (a drive's current controller exposes it), yet in the data it is a small
+  difference of two large, nearly equal features (the expert keeps the state on
+  the reference). A behavior-cloned network learns the large directions first:
+  trained with only ``ref`` and ``state`` it reached a feedback gain
+  ``d u_sq / d i_sq`` of -0.02 where the expert has -16 (PMSM), -0.003 vs -0.33
+  (DC), and in closed loop tracked 10-50x worse than its action error on expert
+  states predicts. As a feature of its own, normalized by its own spread, the
+  error is a first-order input.
 - PMSM actions are the stator voltage in the rotor dq frame (normalized to half
   the DC link, 150 V): a learned policy then sees near-constant targets instead
   of 50-150 Hz sinusoids. The env modulates them into the B6 bridge's phase
@@ -60,6 +70,7 @@ from genba.envs.registry import Task, register
 
 TAU = 1e-4  # GEM's control period for every continuous env used here (10 kHz)
 CURRENT_OBS_BOUND = 4.0  # |normalized current/torque| reachable on the step that trips a limit
+ERR_OBS_BOUND = 1.0 + CURRENT_OBS_BOUND  # |reference - state|
 _T32 = np.array([[1.0, 0.0], [-0.5, 0.5 * np.sqrt(3.0)], [-0.5, -0.5 * np.sqrt(3.0)]])
 
 
@@ -179,7 +190,8 @@ DC = Machine("dc", ("omega", "torque", "i", "u", "u_sup"), (400.0, 38.0, 210.0, 
 
 def obs_names(m: Machine) -> tuple[str, ...]:
     angle = ("cos_epsilon", "sin_epsilon") if m.angle else ()
-    return m.observed + angle + tuple(f"ref_{s}" for s in m.ref_slots) + ("speed_mode",)
+    return (m.observed + angle + tuple(f"ref_{s}" for s in m.ref_slots) + tuple(f"err_{s}" for s in m.ref_slots)
+            + ("speed_mode",))
 
 
 @dataclass(frozen=True)
@@ -283,10 +295,12 @@ class DriveEnv(gym.Env):
         if m.angle:
             eps = s[m.state_names.index("epsilon")] * np.pi
             parts.append([np.cos(eps), np.sin(eps)])
-        refs = np.zeros(len(m.ref_slots))
+        refs, errs = np.zeros(len(m.ref_slots)), np.zeros(len(m.ref_slots))
         for name, value in zip(self.task.ref_states, self._ref):
-            refs[m.ref_slots.index(name)] = value
-        parts += [refs, [1.0 if self.task.speed_mode else 0.0]]
+            k = m.ref_slots.index(name)
+            refs[k] = value
+            errs[k] = value - s[m.state_names.index(name)]  # the control error the expert's P term acts on
+        parts += [refs, errs, [1.0 if self.task.speed_mode else 0.0]]
         obs = np.concatenate(parts).astype(np.float32)
         # only the step that trips a current limit can leave the bounds; GEM ends the episode there
         return np.clip(obs, self.observation_space.low, self.observation_space.high)
@@ -408,7 +422,7 @@ def _units(m: Machine, limits: dict[str, float]) -> tuple[str, ...]:
     out = [unit(n) for n in m.observed]
     if m.angle:
         out += ["1", "1"]
-    out += [unit(s) for s in m.ref_slots] + ["flag (1 = speed control)"]
+    out += [unit(s) for s in m.ref_slots] * 2 + ["flag (1 = speed control)"]
     return tuple(out)
 
 
@@ -420,7 +434,8 @@ def _obs_bounds(m: Machine) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if n == "torque" or n.startswith("i"):
             lo[j], hi[j] = -CURRENT_OBS_BOUND, CURRENT_OBS_BOUND
     extra = (2 if m.angle else 0) + len(m.ref_slots)
-    return tuple(lo + [-1.0] * extra + [0.0]), tuple(hi + [1.0] * extra + [1.0])
+    err = [ERR_OBS_BOUND] * len(m.ref_slots)
+    return (tuple(lo + [-1.0] * extra + [-e for e in err] + [0.0]), tuple(hi + [1.0] * extra + err + [1.0]))
 
 
 def gem_limits(task: DriveTask) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...], float]:
