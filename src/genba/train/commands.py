@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lang", choices=("en", "ja", "mix"), help="instruction language drawn in training")
     p.add_argument("--dist", choices=("none", "ddp", "fsdp"), help="data parallelism under torchrun")
     p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--tp", type=int, help="tensor-parallel ranks (needs --dist fsdp)")
+    p.add_argument("--ep", type=int, help="expert-parallel ranks for MoE presets (needs --dist fsdp)")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -150,7 +152,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     """Only the options the user gave replace preset fields."""
     table = {"steps": args.steps, "minutes": args.minutes, "precision": args.precision, "seed": args.seed,
              "batch_size": args.batch_size, "lr": args.lr, "lang": args.lang, "dist": args.dist,
-             "ckpt_every": args.ckpt_every}
+             "ckpt_every": args.ckpt_every, "tp": args.tp, "ep": args.ep}
     out = {k: v for k, v in table.items() if v is not None}
     if args.steps is not None:
         out["minutes"] = None  # an explicit step count wins over a preset's time budget
