@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from genba.eval.chunking import ChunkExecutor
 from genba.data.spec import EmbodimentSpec
 from genba.data.stats import stats_from_json, stats_to_json
 from genba.data.transforms import Normalize, Unnormalize, stats_by_embodiment
@@ -444,7 +445,7 @@ def load_baseline(directory: str | os.PathLike) -> tuple[dict[str, TaskMLP], dic
 
 
 # ---- the policy -------------------------------------------------------------------
-class BaselinePolicy:
+class BaselinePolicy(ChunkExecutor):
     """N lockstep envs of one task, its MLP called once per step for all of them (BatchedPolicy's interface)."""
 
     def __init__(self, mlps: dict[str, TaskMLP], manifest: dict[str, Any], *, execute: str = "ensemble",
@@ -474,19 +475,6 @@ class BaselinePolicy:
         self._frames: list[np.ndarray] = []  # per step (N, obs)
         self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, (N, C, A))
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Actions (N, A) for observations (N, obs_dim) of this step."""
-        self._frames.append(np.asarray(obs, dtype=np.float32))
-        t, self.t = self.t, self.t + 1
-        if self.execute == "replan":
-            if not self._chunks or t - self._chunks[-1][0] >= self.replan_every:
-                self._chunks = [(t, self._predict())]
-            start, chunk = self._chunks[-1]
-            return chunk[:, t - start].copy()
-        self._chunks = [(s, c) for s, c in self._chunks if t - s < c.shape[1]] + [(t, self._predict())]
-        weights = np.array([math.exp(-self.ensemble_m * (t - s)) for s, _ in self._chunks])
-        preds = np.stack([c[:, t - s] for s, c in self._chunks])  # (K, N, A)
-        return (preds * (weights / weights.sum())[:, None, None]).sum(0).astype(np.float32)
 
     @torch.inference_mode()
     def _predict(self) -> np.ndarray:

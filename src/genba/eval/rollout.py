@@ -19,7 +19,6 @@ test checks it gives what N separate ``Policy`` objects give.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from genba.eval.chunking import ChunkExecutor
 from genba.data.transforms import Normalize, TokenizeInstruction, Unnormalize
 from genba.envs import registry
 from genba.envs.seeds import eval_seed
@@ -62,7 +62,7 @@ class EvalConfig:
 
 
 # ---- the batched policy ----------------------------------------------------------
-class BatchedPolicy:
+class BatchedPolicy(ChunkExecutor):
     """N lockstep control streams of one embodiment and instruction, one model call per step."""
 
     def __init__(self, model, stats, *, execute: str = "ensemble", replan_every: int | None = None,
@@ -90,19 +90,6 @@ class BatchedPolicy:
         self._lang = self.model.encode_language(tokens, mask)  # (1, S, D)
         self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Actions (N, A) for observations (N, obs_dim) of this step (finished envs may pass anything)."""
-        self._frames.append(np.asarray(obs, dtype=np.float32))
-        t, self.t = self.t, self.t + 1
-        if self.execute == "replan":
-            if not self._chunks or t - self._chunks[-1][0] >= self.replan_every:
-                self._chunks = [(t, self._predict())]
-            start, chunk = self._chunks[-1]
-            return chunk[:, t - start].copy()
-        self._chunks = [(s, c) for s, c in self._chunks if t - s < c.shape[1]] + [(t, self._predict())]
-        weights = np.array([math.exp(-self.ensemble_m * (t - s)) for s, _ in self._chunks])
-        preds = np.stack([c[:, t - s] for s, c in self._chunks])  # (K, N, A)
-        return (preds * (weights / weights.sum())[:, None, None]).sum(0).astype(np.float32)
 
     @torch.inference_mode()
     def _predict(self) -> np.ndarray:
