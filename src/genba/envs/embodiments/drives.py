@@ -340,7 +340,23 @@ class _ObsReader:
         return bool(obs[self.idx["speed_mode"]] > 0.5)
 
 
-class PmsmExpert:
+class _CascadeExpert:
+    """What both drive experts share: reset of their loops, and the speed loop's current demand
+    (speed PI with feed-forward of the reference's slope, differentiated from the observation)."""
+
+    def reset(self) -> None:
+        self.current.reset()
+        self.speed.reset()
+        self._prev_ref = None
+
+    def _speed_demand(self, obs: np.ndarray, omega: float) -> float:
+        w_ref = self.read.ref(obs, "omega")
+        dw = 0.0 if self._prev_ref is None else (w_ref - self._prev_ref) / TAU
+        self._prev_ref = w_ref
+        return self.speed(w_ref, omega, dw)
+
+
+class PmsmExpert(_CascadeExpert):
     """Field-oriented control: dq PI current loops, cascaded speed PI (i_d = 0) in speed mode."""
 
     def __init__(self, env: DriveEnv, current_margin: float = 0.85):
@@ -357,27 +373,19 @@ class PmsmExpert:
         self.speed = SpeedController(self.m.j_total, self.m.k_t, 2 * TAU, TAU, i_max)
         self._prev_ref: float | None = None
 
-    def reset(self) -> None:
-        self.current.reset()
-        self.speed.reset()
-        self._prev_ref = None
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         r = self.read
         omega = r.state(obs, "omega")
         i_dq = np.array([r.state(obs, "i_sd"), r.state(obs, "i_sq")])
         if r.speed_mode(obs):
-            w_ref = r.ref(obs, "omega")
-            dw = 0.0 if self._prev_ref is None else (w_ref - self._prev_ref) / TAU
-            self._prev_ref = w_ref
-            i_ref = np.array([0.0, self.speed(w_ref, omega, dw)])
+            i_ref = np.array([0.0, self._speed_demand(obs, omega)])
         else:
             i_ref = np.array([r.ref(obs, "i_sd"), r.ref(obs, "i_sq")])
         u = self.current(i_ref, i_dq, omega)
         return (u / self.volts).astype(np.float32)
 
 
-class DcExpert:
+class DcExpert(_CascadeExpert):
     """PI armature current control with back-EMF feed-forward; cascaded speed PI in speed mode."""
 
     def __init__(self, env: DriveEnv, current_margin: float = 0.85):
@@ -393,19 +401,11 @@ class DcExpert:
         self.speed = SpeedController(self.m.j_total, self.m.psi_e, 2 * TAU, TAU, i_max)
         self._prev_ref: float | None = None
 
-    def reset(self) -> None:
-        self.current.reset()
-        self.speed.reset()
-        self._prev_ref = None
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         r = self.read
         omega, i = r.state(obs, "omega"), r.state(obs, "i")
         if r.speed_mode(obs):
-            w_ref = r.ref(obs, "omega")
-            dw = 0.0 if self._prev_ref is None else (w_ref - self._prev_ref) / TAU
-            self._prev_ref = w_ref
-            i_ref = self.speed(w_ref, omega, dw)
+            i_ref = self._speed_demand(obs, omega)
         else:
             i_ref = r.ref(obs, "i")
         return np.array([self.current(i_ref, i, omega) / self.volts], dtype=np.float32)
