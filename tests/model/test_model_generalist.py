@@ -123,3 +123,26 @@ def test_overfits_a_tiny_batch(specs, head, steps, lr, factor):
         loss.backward()
         opt.step()
     assert error() < factor * first, (first, error())
+
+
+def test_language_alone_separates_tasks_that_share_every_state():
+    """Two instructions on identical states demand opposite actions: only the instruction can tell them
+    apart (Meta-World reach / push / pick-place share a scene), so a model that ignores it stays at 0."""
+    cfg = get_preset("debug")
+    spec = make_spec("arm", 5, 2)
+    model = build(cfg, {"arm": spec})
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batches = {sign: make_batch(cfg, {"arm": spec}, B=16, seed=1, text=text)["arm"]
+               for sign, text in ((1.0, "reach the goal"), (-1.0, "押して動かす"))}
+    for sign, b in batches.items():
+        b["action"] = torch.full_like(b["action"], sign)
+    for _ in range(60):
+        for b in batches.values():
+            loss, _ = model.loss({"arm": b})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        means = {sign: model.sample_actions({"arm": b})["arm"].mean().item() for sign, b in batches.items()}
+    assert means[1.0] > 0.5 and means[-1.0] < -0.5, means
