@@ -3,8 +3,9 @@
 ``Policy.infer(obs) -> action`` and ``Policy.reset()``; ``obs`` is
 ``{"embodiment": str, "state": (obs_dim,), "instruction": str}``. Inside: the
 same transforms as training (``genba.data.transforms``: Normalize, tokenize,
-Unnormalize), an observation history of ``cfg.history`` frames, the language
-summary cached per instruction, and chunk execution:
+Unnormalize; their shift and scale are read once per embodiment, and each frame
+is normalized once, on arrival), an observation history of ``cfg.history``
+frames, the language summary cached per instruction, and chunk execution:
 
 - ``execute="ensemble"``: a fresh chunk every step; the action for step t is the
   weighted mean of every stored chunk's prediction for t with weights
@@ -65,6 +66,9 @@ class Policy:
         self._normalize = Normalize(stats, mode=normalization)
         self._unnormalize = Unnormalize(stats, mode=normalization)
         self._tokenize = TokenizeInstruction(self.cfg.max_lang_len)
+        self._obs_norm, self._act_norm = self._build_norm_constants()
+        H = self.cfg.history
+        self._pad_masks = [torch.arange(H, device=self.device) < pad for pad in range(H + 1)]  # by pad count
         self._lang: tuple[str, torch.Tensor] | None = None  # (instruction, summary (1, S, D))
         self.reset()
 
@@ -72,7 +76,7 @@ class Policy:
     def reset(self) -> None:
         """Start a new episode: forget history and queued chunks; reseed the sampler."""
         self._embodiment: str | None = None
-        self._history: deque[np.ndarray] = deque(maxlen=self.cfg.history)
+        self._history: deque[torch.Tensor] = deque(maxlen=self.cfg.history)  # normalized frames (obs,)
         self._chunks: deque[tuple[int, np.ndarray]] = deque(maxlen=self.cfg.chunk)  # (start step, (C, A))
         self._step = 0
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -113,7 +117,8 @@ class Policy:
         if name != self._embodiment:  # another machine on this stream: a new episode
             self.reset()
             self._embodiment = name
-        self._history.append(state)
+        shift, scale = self._obs_norm[name]
+        self._history.append(torch.from_numpy((state - shift) / scale).to(self.device))  # Normalize, per frame
         if self._lang is None or self._lang[0] != instruction:
             self._lang = (instruction, self._encode_instruction(instruction))
 
@@ -136,18 +141,25 @@ class Policy:
 
     def _model_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalized, front-padded history (H, obs) and its pad mask (H,) on the policy's device."""
-        H = self.cfg.history
         frames = list(self._history)
-        pad = H - len(frames)
-        history = np.stack([frames[0]] * pad + frames).astype(np.float32)  # (H, obs), oldest first
-        sample = self._normalize({"embodiment": self._embodiment, "observation.state": history})
-        state = torch.as_tensor(np.asarray(sample["observation.state"], dtype=np.float32), device=self.device)
-        return state, torch.arange(H, device=self.device) < pad
+        pad = self.cfg.history - len(frames)
+        return torch.stack([frames[0]] * pad + frames), self._pad_masks[pad]  # oldest first
 
     def _to_machine(self, norm: torch.Tensor) -> np.ndarray:
-        """A normalized chunk (C, A) -> machine units, float32."""
-        out = self._unnormalize({"embodiment": self._embodiment, "action": norm.float().cpu().numpy()})
-        return np.asarray(out["action"], dtype=np.float32)  # (C, A)
+        """A normalized chunk (C, A) -> machine units, float32 (Unnormalize's ``x * scale + shift``)."""
+        shift, scale = self._act_norm[self._embodiment]
+        return norm.float().cpu().numpy() * scale + shift  # (C, A)
+
+    def _build_norm_constants(self) -> tuple[dict, dict]:
+        """Per embodiment: float32 (shift, scale) of observations and of actions, taken once from the
+        shared transforms (so training and inference agree) instead of a dict transform per step."""
+        obs, act = {}, {}
+        for name, spec in self.specs.items():
+            for out, norm, key, dim in ((obs, self._normalize, "observation.state", spec.obs_dim),
+                                        (act, self._unnormalize, "action", spec.action_dim)):
+                shift, scale = norm._shift_scale(name, key, np.zeros(dim, np.float32))
+                out[name] = (np.asarray(shift, np.float32), np.asarray(scale, np.float32))
+        return obs, act
 
     def _ensemble(self, t: int) -> np.ndarray:
         preds, weights = [], []

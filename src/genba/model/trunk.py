@@ -3,12 +3,16 @@ feed-forward that is either a dense SwiGLU or a Mixture of Experts.
 
 Notable features
 - Bidirectional attention over a short fixed token layout (one control step),
-  grouped-query when ``n_kv_heads < n_heads``; rotary positions computed per
-  call (the sequence is ~10 tokens, so caching buys nothing and keeps
-  ``to_empty`` free of buffers to rebuild).
+  grouped-query when ``n_kv_heads < n_heads``; rotary tables are cached
+  constants, not buffers (``to_empty`` has nothing to rebuild).
 - MoE experts are stored stacked as ``[E, d, h]`` parameters rather than a
   ModuleList of experts: a 1T config builds on ``meta`` in seconds, and expert
   parallelism can shard dim 0 (torchtitan does the same).
+- Inference fast path (``torch.inference_mode`` and ``eval()``): batch-1
+  control is op-count bound (~9 tokens, ~30 MFLOP per step), so the trunk runs
+  from a cached set of fused, pre-transposed weights (q|k|v and gate|up in one
+  matmul each, residual adds folded into ``addmm``, rotary as one complex
+  multiply) rebuilt whenever a weight changes. Same results to float rounding.
 - Routing: softmax or sigmoid scores, top-k, always-on shared experts,
   switch-style load-balancing loss and/or DeepSeek-V3's auxiliary-loss-free
   per-expert bias (it only changes which experts are *selected*, never the gate
@@ -20,6 +24,8 @@ Everything here is single-device; ``genba.train.parallelize`` wraps it.
 from __future__ import annotations
 
 import math
+import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +74,14 @@ def rotary(seq_len: int, head_dim: int, theta: float, device: torch.device) -> t
         ang = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv)
         return ang.cos(), ang.sin()
     return cached_constant(("rotary", seq_len, head_dim, theta, torch.device(device)), build)
+
+
+def rotary_complex(seq_len: int, head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """The same rotations as :func:`rotary` as unit complex numbers (T, 1, head_dim / 2), cached."""
+    def build():
+        cos, sin = rotary(seq_len, head_dim, theta, device)
+        return torch.complex(cos, sin)[:, None]  # broadcasts over (B, T, heads, hd / 2)
+    return cached_constant(("rotary_complex", seq_len, head_dim, theta, torch.device(device)), build)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -218,6 +232,113 @@ class Block(nn.Module):
         self.ffn.init_weights(std, out_std)
 
 
+# ---- inference fast path -----------------------------------------------------
+# Registering any module, parameter or buffer anywhere bumps this epoch, so a
+# cached fast path never outlives a structural change such as ``apply_lora``
+# swapping a layer; a serving loop registers nothing, so its cache stays valid.
+_structure_epoch = 0
+
+
+def _bump_structure_epoch(*_args) -> None:
+    global _structure_epoch
+    _structure_epoch += 1
+
+
+for _register in (nn.modules.module.register_module_module_registration_hook,
+                  nn.modules.module.register_module_parameter_registration_hook,
+                  nn.modules.module.register_module_buffer_registration_hook):
+    _register(_bump_structure_epoch)
+
+# The fused copies double the dense trunk weights; beyond this the model is
+# FLOP-bound anyway and the copies would only cost memory.
+FAST_PATH_MAX_NUMEL = 50_000_000
+FAST_DTYPES = (torch.float32, torch.float64)  # complex rotary needs complex64/128
+# Trunk -> (epoch, weight versions, weights, fused layers or None); outside the
+# module so state_dict, deepcopy and pickling never see it.
+_FAST_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+class FastLayer(NamedTuple):
+    """One block's weights for the inference fast path (pre-transposed for ``torch.mm``)."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+    attn_norm: torch.Tensor  # (D,)
+    w_qkv: torch.Tensor  # (D, (h + 2 kv) hd); q and k columns in interleaved rotary pairs
+    w_o: torch.Tensor  # (h hd, D)
+    ffn_norm: torch.Tensor  # (D,)
+    w_gate_up: torch.Tensor | None  # (D, 2 hidden); None: an MoE layer, run through its module
+    w_down: torch.Tensor | None  # (hidden, D)
+
+
+def _plain_weight(layer: nn.Module) -> torch.Tensor | None:
+    """The weight of a bias-free linear computing exactly x W^T (a merged LoRA counts), else None."""
+    if not isinstance(layer, nn.Linear) or layer.bias is not None:
+        return None
+    if type(layer) is not nn.Linear and not getattr(layer, "merged", False):
+        return None  # an active LoRA adapter (or an unknown subclass) adds to x W^T
+    return layer.weight
+
+
+def _interleave_pairs(w: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
+    """Rows (heads * hd, D) reordered per head from halves [x1 | x2] to pairs (x1_0, x2_0, x1_1, ...).
+
+    q and k get the same order, so every q.k is unchanged, and each rotary pair
+    becomes one complex number: (x1 + i x2)(cos + i sin) is exactly :func:`apply_rotary`.
+    """
+    return w.reshape(heads, 2, hd // 2, -1).transpose(1, 2).reshape(heads * hd, -1)
+
+
+def build_fast_layer(block: "Block") -> FastLayer | None:
+    """Fused weights of one block, or None when a layer is not a plain linear (e.g. active LoRA)."""
+    attn = block.attn
+    wq, wkv, wo = (_plain_weight(m) for m in (attn.wq, attn.wkv, attn.wo))
+    if wq is None or wkv is None or wo is None:
+        return None
+    h, kv, hd = attn.n_heads, attn.n_kv_heads, attn.hd
+    wk, wv = wkv.reshape(2, kv * hd, -1)  # Attention.forward splits wkv's outputs as (k, v)
+    w_qkv = torch.cat((_interleave_pairs(wq, h, hd), _interleave_pairs(wk, kv, hd), wv)).t().contiguous()
+    gate_up = down = None
+    if isinstance(block.ffn, SwiGLU):
+        wg, wu, wd = (_plain_weight(m) for m in (block.ffn.w_gate, block.ffn.w_up, block.ffn.w_down))
+        if wg is None or wu is None or wd is None:
+            return None
+        gate_up, down = torch.cat((wg, wu)).t().contiguous(), wd.t().contiguous()
+    return FastLayer(h, kv, hd, block.attn_norm.eps, block.attn_norm.weight, w_qkv, wo.t().contiguous(),
+                     block.ffn_norm.weight, gate_up, down)
+
+
+def fast_block(layer: "Block", f: FastLayer, x: torch.Tensor, B: int, T: int, rot: torch.Tensor,
+               keep: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``Block.forward`` on rows x (B*T, D) from fused weights; with ``keep`` only the last ``keep``
+    tokens of each sequence come out (B*keep, D) (they still attend to all T)."""
+    N, D = x.shape
+    h, kv, hd = f.heads, f.kv_heads, f.head_dim
+    qkv = torch.mm(F.rms_norm(x, (D,), f.attn_norm, f.eps), f.w_qkv)  # (N, (h + 2 kv) hd)
+    qk = torch.view_as_complex(qkv[:, :(h + kv) * hd].view(B, T, h + kv, hd // 2, 2))
+    qk = torch.view_as_real(qk * rot).view(B, T, h + kv, hd)  # rotated q and k, (B, T, h + kv, hd)
+    q = qk[:, :, :h] if keep is None else qk[:, -keep:, :h]  # (B, Tq, h, hd)
+    v = qkv[:, (h + kv) * hd:].view(B, T, kv, hd)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), qk[:, :, h:].transpose(1, 2), v.transpose(1, 2),
+                                       enable_gqa=h != kv)  # (B, h, Tq, hd)
+    Tq = q.shape[1]
+    if keep is not None:
+        x = x.view(B, T, D)[:, -keep:].reshape(B * keep, D)
+    x = torch.addmm(x, y.transpose(1, 2).reshape(B * Tq, h * hd), f.w_o)  # x + attn
+    n = F.rms_norm(x, (D,), f.ffn_norm, f.eps)
+    if f.w_gate_up is None:  # MoE: its own module (routing, load statistics, balance loss)
+        y, aux = layer.ffn(n)
+        return x + y, aux
+    gate, up = torch.mm(n, f.w_gate_up).chunk(2, dim=-1)  # (N, hidden) each
+    return torch.addmm(x, F.silu(gate).mul_(up), f.w_down), None  # x + SwiGLU
+
+
+def _weight_versions(tensors: list[torch.Tensor]) -> tuple:
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 class Trunk(nn.Module):
     """A stack of blocks and a final norm; ``forward(x) -> (x, aux_loss)``.
 
@@ -230,7 +351,14 @@ class Trunk(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, cfg.is_moe_layer(i)) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, keep_last: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> normed (B, T, D), or (B, keep_last, D): only the last tokens (the readouts),
+        which lets the inference fast path skip the other rows' work in the last layer."""
+        if keep_last is not None and not 1 <= keep_last <= x.shape[1]:
+            raise ValueError(f"keep_last {keep_last}: must be between 1 and the sequence length {x.shape[1]}")
+        fast = self._fast_layers(x)
+        if fast is not None:
+            return self._forward_fast(x, fast, keep_last)
         rope = rotary(x.shape[1], self.cfg.head_dim, self.cfg.rope_theta, x.device)
         aux_terms = []
         for layer in self.layers:
@@ -238,7 +366,49 @@ class Trunk(nn.Module):
             if aux is not None:
                 aux_terms.append(aux)
         aux = torch.stack(aux_terms).mean() if aux_terms else x.new_zeros(())
+        if keep_last is not None:
+            x = x[:, -keep_last:]
         return self.norm(x), aux
+
+    def _forward_fast(self, x: torch.Tensor, fast: list[FastLayer], keep_last: int | None):
+        B, T, D = x.shape
+        rot = rotary_complex(T, self.cfg.head_dim, self.cfg.rope_theta, x.device)  # (T, 1, hd / 2)
+        x = x.reshape(B * T, D)  # (N, D): every linear is one 2-D matmul
+        aux_terms = []
+        last = len(fast) - 1
+        for i, (layer, f) in enumerate(zip(self.layers, fast)):
+            keep = keep_last if i == last else None
+            x, aux = fast_block(layer, f, x, B, T, rot, keep)
+            if aux is not None:
+                aux_terms.append(aux)
+        T = keep_last if keep_last is not None else T
+        aux = torch.stack(aux_terms).mean() if aux_terms else x.new_zeros(())
+        return F.rms_norm(x, (D,), self.norm.weight, self.norm.eps).view(B, T, D), aux
+
+    def _fast_layers(self, x: torch.Tensor) -> list[FastLayer] | None:
+        """The fused weights when this call may take the fast path (cached; rebuilt after any change).
+
+        Only under ``torch.inference_mode`` in eval mode, without autocast, in
+        float32/64, with plain (or merged LoRA) linears; anything else runs the
+        module path. Inference-mode parameters carry no version counter, so
+        they get no cache either.
+        """
+        if (self.training or not torch.is_inference_mode_enabled() or x.dtype not in FAST_DTYPES
+                or x.dtype != self.norm.weight.dtype or torch.is_autocast_enabled(x.device.type)):
+            return None
+        cache = _FAST_CACHE.get(self)
+        if cache is not None and cache[0] == _structure_epoch and cache[1] == _weight_versions(cache[2]):
+            return cache[3]
+        sources = list(self.parameters())
+        if any(p.is_inference() for p in sources):
+            return None
+        layers = [build_fast_layer(layer) for layer in self.layers]
+        if any(f is None for f in layers) or sum(
+                t.numel() for f in layers for t in (f.w_qkv, f.w_o, f.w_gate_up, f.w_down)
+                if t is not None) > FAST_PATH_MAX_NUMEL:
+            layers = None
+        _FAST_CACHE[self] = (_structure_epoch, _weight_versions(sources), sources, layers)
+        return layers
 
     def init_weights(self) -> None:
         std = self.cfg.init_std
