@@ -121,7 +121,8 @@ class DemoState:
 
         now = {name: s.to_dict() for name, s in sorted(specs().items())}
         then = self.doc.setdefault("specs", now)
-        changed = sorted(n for n in set(now) | set(then) if now.get(n) != then.get(n))
+        # machines added to the registry since are no concern of this run; changed or removed ones are
+        changed = sorted(n for n in then if now.get(n) != then[n])
         if changed:
             raise CLIError(f"{root} was made with other embodiment specs ({', '.join(changed)} changed since): "
                            "its data and checkpoint no longer fit the simulators; pass --fresh to start over")
