@@ -79,6 +79,27 @@ def test_observation_ee_is_the_tool_tip_site():
     np.testing.assert_allclose(obs[a:b], env.data.site("ee").xpos, atol=1e-6)
 
 
+@pytest.mark.parametrize("task", ["reach", "push"])
+def test_relative_channels_are_differences_of_the_absolute_ones(task):
+    spec = jaco.SPEC
+    names = spec.obs_names
+    env = jaco.JacoEnv(task, seed=5)
+    obs, _ = env.reset()
+    for _ in range(3):  # after motion too, not only at reset
+        obs, *_ = env.step(env.action_space.high * 0.5)
+    point = {p: obs[[names.index(f"{p}.{c}") for c in "xyz"]] for p in ("ee", "object", "goal")}
+    for frm, to in (("ee", "goal"), ("ee", "object"), ("object", "goal")):
+        idx = [names.index(f"{frm}_to_{to}.{c}") for c in "xyz"]
+        np.testing.assert_allclose(obs[idx], point[to] - point[frm], atol=1e-6)
+        assert all(spec.obs_units[i] == "m" for i in idx)
+        # the spec's bounds hold for what the env reports
+        assert np.all(obs[idx] >= np.array(spec.obs_low)[idx]) and np.all(obs[idx] <= np.array(spec.obs_high)[idx])
+    np.testing.assert_allclose(point["goal"], env._goal, atol=1e-6)
+    for sl, diff in ((jaco.EE_TO_GOAL_SLICE, "ee_to_goal"), (jaco.EE_TO_OBJ_SLICE, "ee_to_object"),
+                     (jaco.OBJ_TO_GOAL_SLICE, "object_to_goal")):
+        assert names[slice(*sl)] == tuple(f"{diff}.{c}" for c in "xyz")
+
+
 # ---- Gymnasium API and seeding -----------------------------------------------
 @pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value")
 @pytest.mark.parametrize("task_id", TASKS)

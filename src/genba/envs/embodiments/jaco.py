@@ -14,6 +14,9 @@ Notable features
   dm_control uses for the real arm (36 deg/s and 30.5 N m for joints 1-3,
   48 deg/s and 6.8 N m for joints 4-6).
 - Control at 20 Hz (10 physics substeps of 5 ms): deliberately not Meta-World's rate.
+- Observation: joint positions and velocities, the tool tip, box and goal
+  positions, then the same positions as differences (ee->goal, ee->object,
+  object->goal): clones learn the small near-target corrections from these.
 - The expert is damped-least-squares IK on MuJoCo's site Jacobian (position
   plus keeping the tool pointing down), acting from the observation only: it
   recomputes kinematics from the observed joint angles on its own ``MjData``.
@@ -69,13 +72,26 @@ PUSH_DIST = (0.10, 0.25)
 PUSH_TOL = 0.05
 MAX_STEPS = {"reach": 100, "push": 200}
 
+# Absolute positions, then the same positions as differences. The expert acts
+# on differences (the DLS error is goal - ee; the push script on object - ee
+# and goal - object), at centimetre scale against a half-metre workspace: given
+# only absolute channels, a clone must rebuild each difference from two
+# separately normalized inputs, and the small near-target corrections drown in
+# that reconstruction error. The relative channels hand it the quantity itself.
+_XYZ = ("x", "y", "z")
+_POINTS = ("ee", "object", "goal")
+_DIFFS = ("ee_to_goal", "ee_to_object", "object_to_goal")  # a_to_b = b - a
 _OBS_NAMES = (
     [f"{j}.pos" for j in JOINTS] + [f"{j}.vel" for j in JOINTS]
-    + ["ee.x", "ee.y", "ee.z", "object.x", "object.y", "object.z", "goal.x", "goal.y", "goal.z"]
+    + [f"{p}.{c}" for p in _POINTS for c in _XYZ]
+    + [f"{d}.{c}" for d in _DIFFS for c in _XYZ]
 )
 EE_SLICE = (12, 15)
 OBJ_SLICE = (15, 18)
 GOAL_SLICE = (18, 21)
+EE_TO_GOAL_SLICE = (21, 24)
+EE_TO_OBJ_SLICE = (24, 27)
+OBJ_TO_GOAL_SLICE = (27, 30)
 
 
 def _jaco_xml_path() -> str:
@@ -189,8 +205,11 @@ def build_spec() -> EmbodimentSpec:
     goal_low = np.minimum([*GOAL_LOW, BOX_HALF], REACH_TARGET_LOW)
     goal_high = np.maximum([*GOAL_HIGH, BOX_HALF], REACH_TARGET_HIGH)
     # Velocities and the box (which can be knocked anywhere) have no hard bound.
-    obs_low = [*JOINT_LOW, *[-np.inf] * 6, -reach, -reach, -reach, *[-np.inf] * 3, *goal_low]
-    obs_high = [*JOINT_HIGH, *[np.inf] * 6, reach, reach, reach, *[np.inf] * 3, *goal_high]
+    # ee -> goal is bounded by both ends; anything involving the box is not.
+    obs_low = [*JOINT_LOW, *[-np.inf] * 6, -reach, -reach, -reach, *[-np.inf] * 3, *goal_low,
+               *(goal_low - reach), *[-np.inf] * 6]
+    obs_high = [*JOINT_HIGH, *[np.inf] * 6, reach, reach, reach, *[np.inf] * 3, *goal_high,
+                *(goal_high + reach), *[np.inf] * 6]
     dt = CONTROL_PERIOD
     rate = tuple(float(np.ceil(v * _FILTER_L1[0] / dt * 100) / 100) for v in MAX_VEL)
     accel = tuple(float(np.ceil(v * _FILTER_L1[1] / dt**2)) for v in MAX_VEL)
@@ -199,7 +218,7 @@ def build_spec() -> EmbodimentSpec:
         name="jaco",
         robot_type="kinova_jaco_6dof",
         obs_names=tuple(_OBS_NAMES),
-        obs_units=tuple(["rad"] * 6 + ["rad/s"] * 6 + ["m"] * 9),
+        obs_units=tuple(["rad"] * 6 + ["rad/s"] * 6 + ["m"] * 18),
         obs_low=tuple(float(x) for x in obs_low),
         obs_high=tuple(float(x) for x in obs_high),
         action_names=tuple(f"{j}.vel_cmd" for j in JOINTS),
@@ -211,7 +230,8 @@ def build_spec() -> EmbodimentSpec:
         description=("Kinova Jaco 6-axis arm with a capsule pusher tool on a table (z = 0 is the "
                      "surface, arm base at the origin). Actions are joint velocity commands, "
                      "integrated into clamped position targets and servoed at 200 Hz. For reach "
-                     "the object is a distractor and goal is the target point."),
+                     "the object is a distractor and goal is the target point. a_to_b.* = b - a "
+                     "(the absolute positions again as differences)."),
         safety=SafetyLimits(
             max_rate=rate, max_accel=accel, max_jerk=jerk,
             position_obs_index=tuple(range(6)),
@@ -289,8 +309,8 @@ class JacoEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         d = self.data
-        obj = d.qpos[self._obj_qpos:self._obj_qpos + 3]
-        return np.concatenate([d.qpos[:6], d.qvel[:6], d.site_xpos[self._ee], obj, self._goal]).astype(np.float32)
+        ee, obj, goal = d.site_xpos[self._ee], d.qpos[self._obj_qpos:self._obj_qpos + 3], self._goal
+        return np.concatenate([d.qpos[:6], d.qvel[:6], ee, obj, goal, goal - ee, obj - ee, goal - obj]).astype(np.float32)
 
     def _info(self) -> dict[str, Any]:
         d = self.data
