@@ -13,12 +13,15 @@ embodiment, so a mixed batch is one trunk pass)::
   learned pad token for frames before the episode start, and the embodiment
   token. The control rate enters through sinusoidal features of log(fps), so an
   unseen machine still tells the trunk how fast it runs (RDT-1B feeds it too).
-- Language skip: the mean of the summaries, RMS-normed, is handed to every
-  head next to its readouts. Through the trunk alone the instruction was
-  ignored (measured: swapping "reach" for "push" changed no action, and the
-  summaries collapsed to one vector within ~250 mixed-embodiment steps, because
-  most tasks are identifiable from the state); the short path keeps a gradient
-  on it from the first step (same-scene tasks: reach / push / pick-place).
+- Language skip: the mean of the summaries is handed to every head next to its
+  readouts. Through the trunk alone the instruction was ignored (measured:
+  swapping "reach" for "push" changed no action, and the summaries collapsed
+  to one vector within ~250 mixed-embodiment steps, because most tasks are
+  identifiable from the state); the short path keeps a gradient on it from the
+  first step (same-scene tasks: reach / push / pick-place). It is scaled by a
+  constant, not normed: the collapse grows a component common to all
+  instructions, and a norm would divide the instruction-specific part by it
+  (measured: with an RMSNorm here the swap test still read 0 after 2000 steps).
 - Head (per embodiment): its own readout queries (CrossFormer's readout groups)
   and either an L1 chunk regressor (default; OpenVLA-OFT) or a conditional
   flow-matching head (pi0: t ~ Beta(1.5, 1), x_t = t*noise + (1-t)*a, velocity
@@ -217,12 +220,16 @@ class Generalist(nn.Module):
         self.specs: dict[str, EmbodimentSpec] = {}
         self.lang = LanguageEncoder(cfg)
         self.rate = nn.Linear(N_RATE_FEATURES, cfg.d_model)
-        self.lang_skip_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.trunk = Trunk(cfg)
         self.stems = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         for name in sorted(specs):  # sorted: init order (and so weights) independent of dict order
             self._add(name, specs[name])
+
+    @property
+    def skip_scale(self) -> float:
+        """Unit scale for the language skip token at init (the summaries leave ``proj`` at ~init_std * sqrt(w))."""
+        return 1.0 / (self.cfg.init_std * math.sqrt(self.cfg.lang_dim))
 
     def _add(self, name: str, spec: EmbodimentSpec) -> None:
         if name != spec.name:
@@ -250,7 +257,6 @@ class Generalist(nn.Module):
         std = self.cfg.init_std
         self.lang.init_weights(std)
         _linear_init(self.rate, std)
-        self.lang_skip_norm.init_weights()
         self.trunk.init_weights()
         for name in self.specs:
             self.stems[name].init_weights(std)
@@ -279,7 +285,7 @@ class Generalist(nn.Module):
         R = self.cfg.n_readout
         x, aux = self.trunk(torch.cat(seqs, dim=0), keep_last=R)  # (sum B, R, D): only the readouts are read
         parts = x.split([s.shape[0] for s in seqs])
-        skips = [self.lang_skip_norm(summary.mean(1, keepdim=True)) for summary in lang]  # (B, 1, D) each
+        skips = [summary.mean(1, keepdim=True) * self.skip_scale for summary in lang]  # (B, 1, D) each
         return {n: torch.cat((p, k.to(p.dtype)), dim=1) for n, p, k in zip(names, parts, skips)}, aux
 
     def _language(self, batch, names) -> list[torch.Tensor]:
