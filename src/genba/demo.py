@@ -77,7 +77,7 @@ class DemoConfig:
     workers: int  # collection / evaluation worker processes
     serve_seconds: float  # OPC UA bridge run time
     eval_max_steps: int | None = None  # quick: cap episodes (a first look, not a measurement)
-    eval_execute: str = "ensemble"  # quick: "replan" (one model call per half chunk)
+    eval_execute: str = "auto"  # drives re-planned every step, arms ensembled; quick: "replan" (half chunks)
 
     def fingerprint(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "budget_min"}

@@ -10,7 +10,7 @@ import pytest
 from genba.cli import main
 from genba.envs.registry import get_task
 from genba.envs.seeds import is_train_seed
-from genba.eval.rollout import BatchedPolicy, EvalConfig, evaluate, load_batched_policy, plan_jobs
+from genba.eval.rollout import BatchedPolicy, EvalConfig, evaluate, load_batched_policy, plan_jobs, resolve_execution
 from genba.model.policy import load_policy
 
 TASKS = ("metaworld/reach-v3", "drive/pmsm-current")  # the debug_checkpoint's embodiments (conftest)
@@ -19,7 +19,7 @@ TASKS = ("metaworld/reach-v3", "drive/pmsm-current")  # the debug_checkpoint's e
 @pytest.mark.parametrize("execute", ["ensemble", "replan"])
 def test_batched_policy_equals_separate_policies(debug_checkpoint, execute):
     cfg = EvalConfig(checkpoint=str(debug_checkpoint), tasks=TASKS, execute=execute)
-    batched = load_batched_policy(str(debug_checkpoint), cfg)
+    batched = load_batched_policy(str(debug_checkpoint), cfg.execute, cfg.replan_every)
     singles = [load_policy(debug_checkpoint, execute=execute) for _ in range(3)]
     spec = get_task("drive/pmsm-current").spec
     text = get_task("drive/pmsm-current").instruction("ja")
@@ -83,3 +83,14 @@ def test_cli_refuses_tasks_the_checkpoint_cannot_drive(debug_checkpoint, tmp_pat
 def test_cli_names_an_unknown_task(tmp_path, capsys):
     assert main(["eval", "expert", "--tasks", "metaworld/reech-v3", "--out", str(tmp_path)]) == 2
     assert "reach-v3" in capsys.readouterr().err
+
+
+def test_auto_execution_replans_fast_machines_every_step_and_ensembles_the_rest():
+    auto = EvalConfig(checkpoint="expert", tasks=TASKS)
+    assert auto.execute == "auto"
+    assert resolve_execution(auto, get_task("drive/pmsm-current").spec) == ("replan", 1)  # 10 kHz
+    assert resolve_execution(auto, get_task("metaworld/reach-v3").spec) == ("ensemble", None)  # 80 Hz
+    fixed = EvalConfig(checkpoint="expert", tasks=TASKS, execute="replan", replan_every=3)
+    assert resolve_execution(fixed, get_task("drive/pmsm-current").spec) == ("replan", 3)
+    with pytest.raises(ValueError, match="execute 'sometimes'"):
+        EvalConfig(checkpoint="expert", tasks=TASKS, execute="sometimes")

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lang", choices=("en", "ja"), default="en", help="instruction language")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--lockstep", type=int, default=10, help="envs stepped together per batched model call")
-    p.add_argument("--execute", choices=("ensemble", "replan"), default="ensemble", help="chunk execution")
+    p.add_argument("--execute", choices=("auto", "ensemble", "replan"), default="auto",
+                   help="chunk execution (auto: re-plan every step on machines at >= 1 kHz, else temporal ensembling)")
     p.add_argument("--replan-every", type=int, default=None, help="steps between fresh chunks with --execute replan")
     p.add_argument("--max-steps", type=int, default=None, help="cap every episode at this many steps")
     p.add_argument("--seed-base", type=int, default=0, help="selects another disjoint set of evaluation seeds")
