@@ -62,6 +62,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--forget-demos", type=int, default=None, help="demos of the run whose forgetting is measured (10)")
     ap.add_argument("--mode", choices=("frozen-trunk", "lora", "full"), default="lora",
                     help="fine-tuning mode of the curves")
+    ap.add_argument("--emb-modes", default="frozen-trunk,lora,full",
+                    help="fine-tuning modes compared with scratch on the held-out machine, comma-separated")
     ap.add_argument("--steps", type=int, default=None, help="fine-tune (and scratch) steps per run (1000)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per task (50)")
@@ -80,6 +82,10 @@ def parse_args() -> argparse.Namespace:
             setattr(args, k, v)
     args.demos = [int(x) for x in str(args.demos).split(",")]
     args.emb_demos = [int(x) for x in str(args.emb_demos).split(",")]
+    args.emb_modes = [m for m in args.emb_modes.split(",") if m]
+    bad = sorted(set(args.emb_modes) - {"frozen-trunk", "lora", "full"})
+    if bad or not args.emb_modes:
+        ap.error(f"--emb-modes {args.emb_modes}: expected a subset of frozen-trunk, lora, full")
     args.new_tasks = [f"metaworld/{t}" if "/" not in t else t for t in args.new_tasks.split(",")]
     return args
 
@@ -184,6 +190,20 @@ def evaluate(args, ckpt: Path, tasks: list[str]) -> dict:
     return run_eval(cfg, None, progress=True)
 
 
+def evaluated(args, ckpt: Path, tasks: list[str]) -> dict:
+    """``summary(evaluate(...))``, cached under OUT/evals so a rerun (e.g. with more modes) re-evaluates nothing."""
+    import hashlib
+
+    key = json.dumps([str(Path(ckpt).resolve()), list(tasks), args.eval_episodes, args.max_steps])
+    path = args.out / "evals" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())["summary"]
+    out = summary(evaluate(args, ckpt, tasks))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": json.loads(key), "summary": out}, indent=1))
+    return out
+
+
 def summary(res: dict) -> dict:
     """Pooled success with its Wilson interval, per-task rates, tracking error with a normal interval."""
     from genba.eval.metrics import wilson_interval
@@ -208,9 +228,11 @@ def curves(args, parent: Path, full_data: Path, tasks: list[str], tag: str, mode
         data = subset(full_data, n, args.out / "data" / f"{tag}-{n}")
         row = {}
         for init in ("pretrained", "scratch"):
-            ckpt = adapt(args, parent, data, args.out / "runs" / f"{tag}-{n}-{init}-{mode}", mode, init)
-            row[init] = {**summary(evaluate(args, ckpt, tasks)), "checkpoint": str(ckpt)}
-        log(f"{tag} n={n}: fine-tune {fmt(row['pretrained'])} | scratch {fmt(row['scratch'])}")
+            # scratch trains the whole model whatever the mode: one run serves every mode
+            name = f"{tag}-{n}-{init}-{mode}" if init == "pretrained" else f"{tag}-{n}-scratch"
+            ckpt = adapt(args, parent, data, args.out / "runs" / name, mode, init)
+            row[init] = {**evaluated(args, ckpt, tasks), "checkpoint": str(ckpt)}
+        log(f"{tag} n={n}: fine-tune ({mode}) {fmt(row['pretrained'])} | scratch {fmt(row['scratch'])}")
         out[n] = row
     return out
 
@@ -221,7 +243,7 @@ def forgetting(args, parent: Path, sawyer_new: Path, pre_tasks: list[str], befor
     for mode in dict.fromkeys(("frozen-trunk", args.mode)):
         ckpt = adapt(args, parent, data, args.out / "runs" / f"new-tasks-{args.forget_demos}-pretrained-{mode}", mode,
                      "pretrained")
-        out[mode] = summary(evaluate(args, ckpt, pre_tasks))
+        out[mode] = evaluated(args, ckpt, pre_tasks)
         log(f"forgetting after {mode} on new tasks: pretrained tasks {fmt(before)} -> {fmt(out[mode])}")
     return out
 
@@ -258,18 +280,23 @@ def markdown(args, r: dict) -> str:
         cells = [f"{row['pretrained']['tasks'].get(t, 0):.2f} / {row['scratch']['tasks'].get(t, 0):.2f}"
                  for t in r["new_tasks"]]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", f"## New embodiment `{args.holdout}` (frozen trunk vs scratch)", "",
-              "| episodes/task | fine-tune | scratch |", "|---|---|---|"]
-    for n, row in r["embodiment"].items():
-        lines.append(f"| {n} | {fmt(row['pretrained'])} | {fmt(row['scratch'])} |")
+    modes = list(r["embodiment"])
+    lines += ["", f"## New embodiment `{args.holdout}` (success, then mean tracking error with its 95% interval)", "",
+              "| episodes/task | scratch | " + " | ".join(f"fine-tune `{m}`" for m in modes) + " |",
+              "|---|---|" + "---|" * len(modes)]
+    for n in r["embodiment"][modes[0]]:
+        cells = [fmt(r["embodiment"][m][n]["pretrained"]) for m in modes]
+        lines.append(f"| {n} | {fmt(r['embodiment'][modes[0]][n]['scratch'])} | " + " | ".join(cells) + " |")
     f = r["forgetting"]
     lines += ["", f"## Forgetting (pretrained tasks, after new-task adaptation with {args.forget_demos} demos)", "",
               "| model | pretrained-task success | change (points) |", "|---|---|---|",
               f"| pretrained | {fmt(f['before'])} | |"]
     for mode in (m for m in f if m != "before"):
         lines.append(f"| after {mode} | {fmt(f[mode])} | {100 * (f[mode]['success'] - f['before']['success']):+.1f} |")
-    lines += ["", f"Frozen-trunk adaptation to `{args.holdout}`: every pretrained tensor bit-identical: "
-              f"**{r['holdout_frozen_identical']}** (so its forgetting is exactly 0).", "",
+    if "holdout_frozen_identical" in r:
+        lines += ["", f"Frozen-trunk adaptation to `{args.holdout}`: every pretrained tensor bit-identical: "
+                  f"**{r['holdout_frozen_identical']}** (so its forgetting is exactly 0)."]
+    lines += ["",
               f"Wall time: {r['wall_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)
 
@@ -281,24 +308,29 @@ def plot(args, r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = ((axes[0], "curves", "success", "new MT50 tasks: success"),
-              (axes[1], "embodiment", "tracking_error", f"new embodiment {args.holdout}: tracking error"))
-    for ax, key, metric, title in panels:
-        for init, color in (("pretrained", "tab:blue"), ("scratch", "tab:orange")):
-            ns = list(r[key])
-            rows = [r[key][n][init] for n in ns]
-            if metric == "tracking_error" and any("tracking_error" not in x for x in rows):
-                metric = "success"
-            ci = "ci" if metric == "success" else "tracking_ci"
-            y = np.array([x[metric] for x in rows])
-            err = np.abs(np.array([x[ci] for x in rows]).T - y)
-            ax.errorbar([int(n) for n in ns], y, yerr=err, marker="o", capsize=3, color=color,
-                        label="fine-tuned" if init == "pretrained" else "scratch")
+    # one line per (label, rows by demo count): scratch first, then each fine-tuning mode
+    new = [("scratch", {n: row["scratch"] for n, row in r["curves"].items()}),
+           (f"fine-tuned ({args.mode})", {n: row["pretrained"] for n, row in r["curves"].items()})]
+    first = next(iter(r["embodiment"].values()))
+    emb = [("scratch", {n: row["scratch"] for n, row in first.items()})]
+    emb += [(f"fine-tuned ({m})", {n: row["pretrained"] for n, row in rows.items()})
+            for m, rows in r["embodiment"].items()]
+    panels = ((axes[0], new, "success", "new MT50 tasks: success"),
+              (axes[1], emb, "tracking_error", f"new embodiment {args.holdout}: tracking error"))
+    for ax, lines, metric, title in panels:
+        for label, rows in lines:
+            ns = list(rows)
+            m = metric if all(metric in x for x in rows.values()) else "success"
+            ci = "ci" if m == "success" else "tracking_ci"
+            y = np.array([rows[n][m] for n in ns])
+            err = np.abs(np.array([rows[n][ci] for n in ns]).T - y)
+            ax.errorbar([int(n) for n in ns], y, yerr=err, marker="o", capsize=3, label=label)
+            ax.set_ylabel(m.replace("_", " "))
+        ticks = [int(n) for n in lines[0][1]]
         ax.set_xscale("log")
-        ax.set_xticks([int(n) for n in r[key]], [str(n) for n in r[key]])
+        ax.set_xticks(ticks, [str(n) for n in ticks])
         ax.minorticks_off()
         ax.set_xlabel("demonstrations per task")
-        ax.set_ylabel(metric.replace("_", " "))
         ax.set_title(title)
         ax.legend()
     f = r["forgetting"]
@@ -337,13 +369,15 @@ def main() -> int:
     r = {"pretrained": str(parent), "new_tasks": args.new_tasks,
          "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     r["curves"] = curves(args, parent, new_data, args.new_tasks, "new-tasks", args.mode, args.demos)
-    log(f"stage 3: new embodiment {args.holdout}, frozen trunk vs scratch")
-    r["embodiment"] = curves(args, parent, held_data, held_tasks, args.holdout, "frozen-trunk", args.emb_demos)
+    log(f"stage 3: new embodiment {args.holdout}, {' / '.join(args.emb_modes)} vs scratch")
+    r["embodiment"] = {mode: curves(args, parent, held_data, held_tasks, args.holdout, mode, args.emb_demos)
+                       for mode in args.emb_modes}
     log("stage 4: forgetting")
-    before = summary(evaluate(args, parent, pre_task_ids.split(",")))
+    before = evaluated(args, parent, pre_task_ids.split(","))
     r["forgetting"] = forgetting(args, parent, new_data, pre_task_ids.split(","), before)
-    largest = r["embodiment"][args.emb_demos[-1]]["pretrained"]["checkpoint"]
-    r["holdout_frozen_identical"] = frozen_identical(parent, Path(largest))
+    if "frozen-trunk" in r["embodiment"]:
+        largest = r["embodiment"]["frozen-trunk"][args.emb_demos[-1]]["pretrained"]["checkpoint"]
+        r["holdout_frozen_identical"] = frozen_identical(parent, Path(largest))
     r["wall_s"] = time.perf_counter() - t0
     (args.out / "results.json").write_text(json.dumps(r, indent=1, default=str))
     md = markdown(args, r)
