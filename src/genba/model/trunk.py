@@ -233,27 +233,11 @@ class Block(nn.Module):
 
 
 # ---- inference fast path -----------------------------------------------------
-# Registering any module, parameter or buffer anywhere bumps this epoch, so a
-# cached fast path never outlives a structural change such as ``apply_lora``
-# swapping a layer; a serving loop registers nothing, so its cache stays valid.
-_structure_epoch = 0
-
-
-def _bump_structure_epoch(*_args) -> None:
-    global _structure_epoch
-    _structure_epoch += 1
-
-
-for _register in (nn.modules.module.register_module_module_registration_hook,
-                  nn.modules.module.register_module_parameter_registration_hook,
-                  nn.modules.module.register_module_buffer_registration_hook):
-    _register(_bump_structure_epoch)
-
 # The fused copies double the dense trunk weights; beyond this the model is
 # FLOP-bound anyway and the copies would only cost memory.
 FAST_PATH_MAX_NUMEL = 50_000_000
 FAST_DTYPES = (torch.float32, torch.float64)  # complex rotary needs complex64/128
-# Trunk -> (epoch, weight versions, weights, fused layers or None); outside the
+# Trunk -> (modules, weight versions, weights, fused layers or None); outside the
 # module so state_dict, deepcopy and pickling never see it.
 _FAST_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
@@ -339,6 +323,12 @@ def _weight_versions(tensors: list[torch.Tensor]) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
+def _structure(trunk: nn.Module) -> tuple:
+    """Every submodule with its LoRA merge state: a swapped layer (``apply_lora``) or a merge changes it."""
+    # not the trunk itself: the cache is weakly keyed by it, and its value must not keep it alive
+    return tuple((m, getattr(m, "merged", None)) for m in trunk.modules() if m is not trunk)
+
+
 class Trunk(nn.Module):
     """A stack of blocks and a final norm; ``forward(x) -> (x, aux_loss)``.
 
@@ -397,7 +387,8 @@ class Trunk(nn.Module):
                 or x.dtype != self.norm.weight.dtype or torch.is_autocast_enabled(x.device.type)):
             return None
         cache = _FAST_CACHE.get(self)
-        if cache is not None and cache[0] == _structure_epoch and cache[1] == _weight_versions(cache[2]):
+        structure = _structure(self)
+        if cache is not None and cache[0] == structure and cache[1] == _weight_versions(cache[2]):
             return cache[3]
         sources = list(self.parameters())
         if any(p.is_inference() for p in sources):
@@ -407,7 +398,7 @@ class Trunk(nn.Module):
                 t.numel() for f in layers for t in (f.w_qkv, f.w_o, f.w_gate_up, f.w_down)
                 if t is not None) > FAST_PATH_MAX_NUMEL:
             layers = None
-        _FAST_CACHE[self] = (_structure_epoch, _weight_versions(sources), sources, layers)
+        _FAST_CACHE[self] = (structure, _weight_versions(sources), sources, layers)
         return layers
 
     def init_weights(self) -> None:
