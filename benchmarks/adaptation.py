@@ -12,10 +12,16 @@
    speed control; ``--holdout exdc``: the externally excited DC motor, in no
    pretraining group, so any standard checkpoint can be ``--pretrained``) learned from a few episodes per task, frozen trunk vs scratch;
    mean tracking error with a 95% normal interval over episodes, and success.
-4. Forgetting: the pretrained tasks' success before and after adaptation
-   (``--forget-demos`` demonstrations, frozen trunk and the curve's mode).
-   Frozen-trunk adaptation to a new embodiment leaves every pretrained
-   tensor bit-identical (checked), so its forgetting is exactly 0.
+4. Forgetting: the pretrained tasks' success before and after adaptation to
+   the new tasks (``--forget-demos`` demonstrations, each ``--forget-modes``
+   entry ``mode/scope``). Task-scoped frozen-trunk adaptation (the default for
+   new tasks, ``genba finetune --scope tasks``) trains a routed copy of the
+   machine's stem and head and leaves every pretrained tensor bit-identical
+   (checked, like frozen-trunk adaptation to a new embodiment), so old tasks
+   run exactly the parent's computation.
+
+New tasks are learned with ``--mode`` (default frozen-trunk) and ``--scope``
+(auto: task-scoped with frozen-trunk, the machine's own stem/head otherwise).
 
 Writes ``OUT/adaptation.md`` (tables), ``OUT/adaptation.png`` and ``OUT/results.json``.
 Datasets and the pretrained run are cached under OUT and reused on a rerun.
@@ -60,8 +66,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--demos", default=None, help="demonstrations per new task, comma-separated (1,3,10,30)")
     ap.add_argument("--emb-demos", default=None, help="episodes per held-out-machine task (1,3,10)")
     ap.add_argument("--forget-demos", type=int, default=None, help="demos of the run whose forgetting is measured (10)")
-    ap.add_argument("--mode", choices=("frozen-trunk", "lora", "full"), default="lora",
+    ap.add_argument("--mode", choices=("frozen-trunk", "lora", "full"), default="frozen-trunk",
                     help="fine-tuning mode of the curves")
+    ap.add_argument("--scope", choices=("auto", "tasks", "embodiment"), default="auto",
+                    help="new tasks: a routed copy of the stem/head (tasks) or the machine's own (embodiment); "
+                         "auto: tasks with frozen-trunk")
+    ap.add_argument("--forget-modes", default="frozen-trunk/tasks,lora/embodiment",
+                    help="MODE/SCOPE runs whose forgetting is measured, comma-separated")
     ap.add_argument("--emb-modes", default="frozen-trunk,lora,full",
                     help="fine-tuning modes compared with scratch on the held-out machine, comma-separated")
     ap.add_argument("--steps", type=int, default=None, help="fine-tune (and scratch) steps per run (1000)")
@@ -87,7 +98,24 @@ def parse_args() -> argparse.Namespace:
     if bad or not args.emb_modes:
         ap.error(f"--emb-modes {args.emb_modes}: expected a subset of frozen-trunk, lora, full")
     args.new_tasks = [f"metaworld/{t}" if "/" not in t else t for t in args.new_tasks.split(",")]
+    args.forget_modes = [tuple(m.split("/")) for m in args.forget_modes.split(",") if m]
+    bad = [m for m in args.forget_modes if len(m) != 2 or m[0] not in ("frozen-trunk", "lora", "full")
+           or m[1] not in ("tasks", "embodiment")]
+    if bad or not args.forget_modes:
+        ap.error(f"--forget-modes {args.forget_modes}: expected MODE/SCOPE entries, e.g. frozen-trunk/tasks")
     return args
+
+
+def scope_of(mode: str, scope: str) -> str:
+    """``tasks`` or ``embodiment``: what ``genba finetune`` resolves ``--scope`` to for ``mode``."""
+    from genba.train.finetune import FinetuneConfig
+
+    return "tasks" if FinetuneConfig(mode=mode, scope=scope).task_scoped else "embodiment"
+
+
+def run_name(tag: str, n: int, mode: str, scope: str) -> str:
+    """Unscoped runs keep their old names, so a rerun reuses them."""
+    return f"{tag}-{n}-pretrained-{mode}" + ("-scoped" if scope == "tasks" else "")
 
 
 def log(msg: str) -> None:
@@ -160,7 +188,7 @@ def pretrain(args, data: list[Path]) -> Path:
     return res.checkpoint
 
 
-def adapt(args, parent: Path, data: Path, run: Path, mode: str, init: str):
+def adapt(args, parent: Path, data: Path, run: Path, mode: str, init: str, scope: str = "embodiment"):
     from genba.train.checkpoint import latest_checkpoint
     from genba.train.finetune import FinetuneConfig, default_train_config, finetune
 
@@ -169,10 +197,12 @@ def adapt(args, parent: Path, data: Path, run: Path, mode: str, init: str):
         return found
     tc = default_train_config().replace(steps=args.steps, batch_size=args.batch_size,
                                         log_every=max(1, args.steps // 10))
-    cfg = FinetuneConfig(mode=mode, init=init, tensorboard=False, train=tc)
+    cfg = FinetuneConfig(mode=mode, init=init, scope=scope if init == "pretrained" else "embodiment",
+                         tensorboard=False, train=tc)
     t0 = time.perf_counter()
     res = finetune(parent, [data], run, cfg, progress=False)
     log(f"  {run.name}: {init} {mode if init == 'pretrained' else 'full'} {res.step} steps, loss {res.loss:.4f}, "
+        f"scoped entries {res.scoped or 'none'}, "
         f"{res.trainable_params:,} trainable params, {time.perf_counter() - t0:.0f} s")
     return res.checkpoint
 
@@ -222,17 +252,18 @@ def summary(res: dict) -> dict:
 
 
 # ---- stages -------------------------------------------------------------------------------
-def curves(args, parent: Path, full_data: Path, tasks: list[str], tag: str, mode: str, ns: list[int]) -> dict:
+def curves(args, parent: Path, full_data: Path, tasks: list[str], tag: str, mode: str, ns: list[int],
+           scope: str = "embodiment") -> dict:
     out = {}
     for n in ns:
         data = subset(full_data, n, args.out / "data" / f"{tag}-{n}")
         row = {}
         for init in ("pretrained", "scratch"):
             # scratch trains the whole model whatever the mode: one run serves every mode
-            name = f"{tag}-{n}-{init}-{mode}" if init == "pretrained" else f"{tag}-{n}-scratch"
-            ckpt = adapt(args, parent, data, args.out / "runs" / name, mode, init)
+            name = run_name(tag, n, mode, scope) if init == "pretrained" else f"{tag}-{n}-scratch"
+            ckpt = adapt(args, parent, data, args.out / "runs" / name, mode, init, scope)
             row[init] = {**evaluated(args, ckpt, tasks), "checkpoint": str(ckpt)}
-        log(f"{tag} n={n}: fine-tune ({mode}) {fmt(row['pretrained'])} | scratch {fmt(row['scratch'])}")
+        log(f"{tag} n={n}: fine-tune ({mode}, scope {scope}) {fmt(row['pretrained'])} | scratch {fmt(row['scratch'])}")
         out[n] = row
     return out
 
@@ -240,11 +271,14 @@ def curves(args, parent: Path, full_data: Path, tasks: list[str], tag: str, mode
 def forgetting(args, parent: Path, sawyer_new: Path, pre_tasks: list[str], before: dict) -> dict:
     out = {"before": before}
     data = subset(sawyer_new, args.forget_demos, args.out / "data" / f"new-tasks-{args.forget_demos}")
-    for mode in dict.fromkeys(("frozen-trunk", args.mode)):
-        ckpt = adapt(args, parent, data, args.out / "runs" / f"new-tasks-{args.forget_demos}-pretrained-{mode}", mode,
-                     "pretrained")
-        out[mode] = evaluated(args, ckpt, pre_tasks)
-        log(f"forgetting after {mode} on new tasks: pretrained tasks {fmt(before)} -> {fmt(out[mode])}")
+    for mode, scope in dict.fromkeys(args.forget_modes):
+        scope = scope_of(mode, scope)
+        ckpt = adapt(args, parent, data, args.out / "runs" / run_name("new-tasks", args.forget_demos, mode, scope),
+                     mode, "pretrained", scope)
+        key = f"{mode} (scope {scope})"
+        out[key] = {**evaluated(args, ckpt, pre_tasks), "identical": frozen_identical(parent, ckpt)}
+        log(f"forgetting after {key} on new tasks: pretrained tasks {fmt(before)} -> {fmt(out[key])}; every "
+            f"pretrained tensor bit-identical: {out[key]['identical']}")
     return out
 
 
@@ -265,7 +299,8 @@ def fmt(s: dict) -> str:
 # ---- report -------------------------------------------------------------------------------
 def markdown(args, r: dict) -> str:
     lines = [f"# Adaptation benchmark{' (SMOKE RUN: --quick, figures not meaningful)' if args.quick else ''}", "",
-             f"Pretrained: `{r['pretrained']}`; held out: `{args.holdout}`; fine-tune mode `{args.mode}`; "
+             f"Pretrained: `{r['pretrained']}`; held out: `{args.holdout}`; fine-tune mode `{args.mode}` "
+             f"(new tasks: scope `{scope_of(args.mode, args.scope)}`); "
              f"{args.steps} steps at batch {args.batch_size} for fine-tuning and scratch alike; "
              f"{args.eval_episodes} eval episodes per task; 95% intervals (Wilson for success, normal for error).", "",
              f"## New tasks ({', '.join(t.split('/')[-1] for t in r['new_tasks'])})", "",
@@ -289,10 +324,11 @@ def markdown(args, r: dict) -> str:
         lines.append(f"| {n} | {fmt(r['embodiment'][modes[0]][n]['scratch'])} | " + " | ".join(cells) + " |")
     f = r["forgetting"]
     lines += ["", f"## Forgetting (pretrained tasks, after new-task adaptation with {args.forget_demos} demos)", "",
-              "| model | pretrained-task success | change (points) |", "|---|---|---|",
-              f"| pretrained | {fmt(f['before'])} | |"]
+              "| model | pretrained-task success | change (points) | pretrained tensors bit-identical |",
+              "|---|---|---|---|", f"| pretrained | {fmt(f['before'])} | | |"]
     for mode in (m for m in f if m != "before"):
-        lines.append(f"| after {mode} | {fmt(f[mode])} | {100 * (f[mode]['success'] - f['before']['success']):+.1f} |")
+        lines.append(f"| after {mode} | {fmt(f[mode])} | {100 * (f[mode]['success'] - f['before']['success']):+.1f} "
+                     f"| {f[mode].get('identical', '')} |")
     if "holdout_frozen_identical" in r:
         lines += ["", f"Frozen-trunk adaptation to `{args.holdout}`: every pretrained tensor bit-identical: "
                   f"**{r['holdout_frozen_identical']}** (so its forgetting is exactly 0)."]
@@ -310,7 +346,7 @@ def plot(args, r: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     # one line per (label, rows by demo count): scratch first, then each fine-tuning mode
     new = [("scratch", {n: row["scratch"] for n, row in r["curves"].items()}),
-           (f"fine-tuned ({args.mode})", {n: row["pretrained"] for n, row in r["curves"].items()})]
+           (f"fine-tuned ({args.mode}, {scope_of(args.mode, args.scope)})", {n: row["pretrained"] for n, row in r["curves"].items()})]
     first = next(iter(r["embodiment"].values()))
     emb = [("scratch", {n: row["scratch"] for n, row in first.items()})]
     emb += [(f"fine-tuned ({m})", {n: row["pretrained"] for n, row in rows.items()})
@@ -337,8 +373,10 @@ def plot(args, r: dict, path: Path) -> None:
     names = list(f)
     y = np.array([f[k]["success"] for k in names])
     err = np.abs(np.array([f[k]["ci"] for k in names]).T - y)
-    axes[2].bar(names, y, yerr=err, capsize=4, color=["gray"] + ["tab:green"] * (len(names) - 1))
+    axes[2].bar([k.replace(" (", "\n(") for k in names], y, yerr=err, capsize=4,
+                color=["gray"] + ["tab:green"] * (len(names) - 1))
     axes[2].set_ylim(0, 1)
+    axes[2].tick_params(axis="x", labelsize=8)
     axes[2].set_title("pretrained tasks: before / after adaptation")
     fig.suptitle("genba adaptation" + (" (smoke run, not meaningful)" if args.quick else ""))
     fig.tight_layout()
@@ -368,7 +406,8 @@ def main() -> int:
     log("stage 2: new tasks, fine-tune vs scratch")
     r = {"pretrained": str(parent), "new_tasks": args.new_tasks,
          "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    r["curves"] = curves(args, parent, new_data, args.new_tasks, "new-tasks", args.mode, args.demos)
+    r["curves"] = curves(args, parent, new_data, args.new_tasks, "new-tasks", args.mode, args.demos,
+                         scope_of(args.mode, args.scope))
     log(f"stage 3: new embodiment {args.holdout}, {' / '.join(args.emb_modes)} vs scratch")
     r["embodiment"] = {mode: curves(args, parent, held_data, held_tasks, args.holdout, mode, args.emb_demos)
                        for mode in args.emb_modes}

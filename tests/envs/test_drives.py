@@ -129,20 +129,48 @@ def test_expert_beats_zero_action_by_a_wide_margin(task_id):
 
 
 # ---- controllers ------------------------------------------------------------------------
-def test_technical_optimum_gains_from_machine_parameters():
-    g = dc.technical_optimum(r=0.5, l=2e-3, t_sigma=1e-4)
-    assert g.kp == pytest.approx(10.0) and g.ki == pytest.approx(2500.0)
-    assert g.kp / g.ki == pytest.approx(2e-3 / 0.5)  # integral time = L/R: the zero cancels the pole
+def test_predictive_gain_closes_the_chosen_fraction_in_one_period():
+    r, l, tau = 0.5, 2e-3, 1e-4
+    a = np.exp(-r * tau / l)
+    for g in (0.5, 1.0):
+        k = dc.predictive_gain(r, l, tau, g)
+        i, i_ref = 10.0, 30.0
+        u = r * i + k * (i_ref - i)  # no back-EMF
+        i_next = a * i + (1 - a) * u / r  # the exact R-L step
+        assert i_next - i == pytest.approx(g * (i_ref - i))
+    assert dc.predictive_gain(r, l, tau, 0.5) == pytest.approx(l / (2 * tau), rel=0.02)  # ~ technical optimum
+    with pytest.raises(ValueError, match="current gain"):
+        dc.predictive_gain(r, l, tau, 1.5)
 
 
-def test_pi_does_not_wind_up_against_saturation():
-    pi = dc.PI(dc.PIGains(kp=1.0, ki=100.0), tau=1e-3)
-    for _ in range(1000):
-        u = pi.output(np.array([5.0]), np.zeros(1))
-        pi.commit(np.clip(u, -1, 1))
-    assert pi.integral[0] == pytest.approx(0.0)  # saturated and pushing further: frozen
-    u = pi.output(np.array([-0.1]), np.zeros(1))
-    assert u[0] < 0  # recovers at once when the error changes sign
+def test_speed_loop_feeds_load_and_inertia_forward_and_clips():
+    load = dc.polynomial_load(a=0.01, b=0.01)
+    assert load(100.0) == pytest.approx(1.01) and load(-100.0) == pytest.approx(-1.01)
+    ctrl = dc.SpeedController(j=0.04, k_t=0.3, t_eq=2e-4, i_max=300.0, load_torque=load)
+    # on the reference: only feed-forward (inertia torque of the slope plus the load)
+    assert ctrl(100.0, 100.0, d_omega_ref=50.0) == pytest.approx((0.04 * 50.0 + 1.01) / 0.3)
+    assert ctrl(100.0, 0.0) == pytest.approx(300.0)  # far off: the current limit
+
+
+def test_experts_are_functions_of_the_observation():
+    # imitation needs this: an expert that has run a whole episode acts like a fresh one on the same frames
+    for task_id in ("drive/dc-speed", "drive/pmsm-current"):
+        env = D.make_drive_env(task_id, seed=0)
+        obs, _ = rollout(env, expert(env), seed=5, max_steps=200)
+        used = expert(env)
+        for o in obs:  # a whole episode's worth of history, never reset
+            used.act(o)
+        for k in (150, 151, 152):
+            np.testing.assert_array_equal(expert(env).act(obs[k]), used.act(obs[k]))
+
+
+def test_slope_channel_is_the_shown_references_change():
+    env = D.make_drive_env("drive/dc-speed", seed=0)
+    obs, _ = rollout(env, expert(env), seed=3, max_steps=300)
+    names = env.embodiment.obs_names
+    ref, dref = (np.array([o[names.index(n)] for o in obs]) for n in ("ref_omega", "dref_omega"))
+    np.testing.assert_allclose(dref[1:], np.diff(ref), atol=1e-6)
+    assert np.abs(dref).max() > 0  # the profile did ramp or step within 300 periods
 
 
 def test_dq_controller_holds_voltage_circle_with_d_priority():
@@ -151,7 +179,7 @@ def test_dq_controller_holds_voltage_circle_with_d_priority():
     ctrl = dc.DqCurrentController(m)
     u = ctrl(np.array([-50.0, 300.0]), np.zeros(2), omega_mech=100.0)
     assert np.hypot(*u) <= 150.0 + 1e-9
-    assert u[0] == pytest.approx(-50.0 * m.l_d / (2 * m.tau))  # d gets its full demand first
+    assert u[0] == pytest.approx(-50.0 * dc.predictive_gain(m.r_s, m.l_d, m.tau))  # d gets its full demand first
 
 
 def test_bad_action_is_refused_with_its_names():

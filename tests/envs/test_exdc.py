@@ -127,6 +127,6 @@ def test_armature_loop_feeds_back_emf_forward():
     c = X.ExDcCurrentController(r_a=0.016, l_a=1.9e-5, r_e=0.16, l_e=5.4e-3, l_e_prime=1.7e-3, tau=1e-4,
                                 u_max=60.0)
     u = c(np.array([50.0, 100.0]), np.array([50.0, 100.0]), omega=100.0)  # on reference: only feed-forward
-    assert u == pytest.approx([1.7e-3 * 100.0 * 100.0, 0.0])
+    assert u == pytest.approx([1.7e-3 * 100.0 * 100.0 + 0.016 * 50.0, 0.16 * 100.0])
     u = c(np.array([50.0, 500.0]), np.array([50.0, 100.0]), omega=0.0)
     assert u[1] == pytest.approx(60.0)  # each converter saturates on its own

@@ -149,7 +149,7 @@ def test_stats_kept_in_range_pooled_out_of_range(world, tmp_path):
     # every frame at 9.5: inside the spec's limits, far outside what the parent was trained on
     far = write_dataset(tmp_path / "far", [Episode(np.full((20, 5), 9.5, np.float32), np.zeros((20, 3), np.float32),
                                                    0, 0)], ARM, NEW_TASKS)
-    res = finetune(world["parent"], [far], tmp_path / "run", quick(), progress=False)
+    res = finetune(world["parent"], [far], tmp_path / "run", quick(scope="embodiment"), progress=False)
     assert res.stats_decisions["toyarm"].startswith("pooled")
     parent_mean = np.asarray(read_manifest(world["parent"])["stats"]["toyarm"]["observation.state"]["mean"])
     mean = np.asarray(read_manifest(res.checkpoint)["stats"]["toyarm"]["observation.state"]["mean"])
@@ -181,6 +181,17 @@ def test_invalid_spec_file_and_changed_known_spec_refused(world, tmp_path):
         finetune(world["parent"], [world["arm_new"]], tmp_path / "run", quick(), spec=changed, progress=False)
 
 
+def test_scoped_stats_pool_into_the_entry_only(world, tmp_path):
+    far = write_dataset(tmp_path / "far", [Episode(np.full((20, 5), 9.5, np.float32), np.zeros((20, 3), np.float32),
+                                                   0, 0)], ARM, NEW_TASKS)
+    res = finetune(world["parent"], [far], tmp_path / "run", quick(), progress=False)  # auto: task-scoped
+    assert res.scoped == {"toyarm__run": "toyarm"} and res.stats_decisions["toyarm__run"].startswith("pooled")
+    parent, child = read_manifest(world["parent"])["stats"], read_manifest(res.checkpoint)["stats"]
+    assert child["toyarm"] == parent["toyarm"]  # the machine's own stats: untouched
+    assert np.all(np.asarray(child["toyarm__run"]["observation.state"]["mean"])
+                  > np.asarray(parent["toyarm"]["observation.state"]["mean"]))
+
+
 def test_from_scratch_baseline_has_only_the_data_embodiments(world, tmp_path):
     res = finetune(world["parent"], [world["new"]], tmp_path / "run", quick(init="scratch"), progress=False)
     m = read_manifest(res.checkpoint)
@@ -192,4 +203,4 @@ def test_cli_declares_finetune_purpose_for_governed_reads(world):
     parser = argparse.ArgumentParser(prog="genba")
     register(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["finetune", str(world["parent"]), "--data", str(world["new"]), "--out", "x"])
-    assert args.purpose == "finetune" and args.mode == "lora" and args.replay == ()
+    assert args.purpose == "finetune" and args.mode == "lora" and args.replay == () and args.scope == "auto"

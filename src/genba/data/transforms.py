@@ -8,6 +8,9 @@
   any leading batch/time dims.
 - :class:`TokenizeInstruction`: byte-level UTF-8, byte ``b`` -> token ``b+1``,
   0 = pad (vocab 257), truncated at a character boundary.
+- :class:`RouteInstruction`: ``(embodiment, instruction) -> model entry`` for
+  task-scoped stems/heads (a fine-tune's new tasks get their own copy of the
+  machine's stem and head; every other pair keeps the machine's own).
 - :func:`compose`.
 
 Stats travel as plain JSON (``to_dict``/``from_dict``) inside checkpoints.
@@ -182,6 +185,71 @@ class TokenizeInstruction:
         if d.get("scheme", "utf8-bytes+1") != "utf8-bytes+1":
             raise TransformError(f"unknown tokenizer scheme {d.get('scheme')!r}")
         return cls(max_len=int(d["max_len"]))
+
+
+@dataclass(frozen=True)
+class RouteInstruction:
+    """``(embodiment, instruction) -> model entry``; unrouted pairs keep the embodiment itself.
+
+    Task-scoped adaptation (``genba finetune --scope tasks``) trains a copy of a
+    machine's stem and head under a new entry name for the new tasks only, so
+    the machine's own entry (and so every old task) stays bit-identical: the
+    parameter isolation of per-skill adapters. This transform sets
+    ``sample["embodiment"]`` to the routed entry; it runs before Normalize
+    (the entry has its own stats) in training, evaluation and serving alike.
+    Instructions match exactly (the stored en and ja strings).
+    """
+
+    routes: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, entry in self.routes.items():
+            if (not isinstance(key, tuple) or len(key) != 2 or not all(isinstance(k, str) for k in key)
+                    or not isinstance(entry, str) or not entry):
+                raise TransformError(f"route {key!r} -> {entry!r}: expected (embodiment, instruction) -> entry, "
+                                     "all strings")
+            if entry == key[0]:
+                raise TransformError(f"route {key!r} -> {entry!r}: an entry routes to itself")
+        object.__setattr__(self, "routes", dict(self.routes))
+
+    @property
+    def entries(self) -> dict[str, str]:
+        """``{entry: embodiment it serves}`` of every routed entry."""
+        return {entry: emb for (emb, _), entry in self.routes.items()}
+
+    def entry(self, embodiment: str, instruction: str) -> str:
+        """The model entry that serves ``instruction`` on ``embodiment``."""
+        return self.routes.get((embodiment, instruction), embodiment)
+
+    def __call__(self, sample: dict) -> dict:
+        entry = self.entry(sample["embodiment"], sample["instruction"])
+        return sample if entry == sample["embodiment"] else {**sample, "embodiment": entry}
+
+    def merge(self, other: "RouteInstruction") -> "RouteInstruction":
+        """Both tables in one; a pair routed to two different entries raises TransformError."""
+        for key, entry in other.routes.items():
+            if self.routes.get(key, entry) != entry:
+                raise TransformError(f"instruction {key[1]!r} of embodiment {key[0]!r} is already routed to "
+                                     f"{self.routes[key]!r}; it cannot also route to {entry!r}")
+        return RouteInstruction({**self.routes, **other.routes})
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [{"embodiment": e, "instruction": i, "entry": t} for (e, i), t in sorted(self.routes.items())]
+        return {"type": "RouteInstruction", "routes": rows}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "RouteInstruction":
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping) or not isinstance(d.get("routes"), list):
+            raise TransformError("RouteInstruction.from_dict: expected an object with a 'routes' list")
+        try:
+            routes = {(r["embodiment"], r["instruction"]): r["entry"] for r in d["routes"]}
+        except (KeyError, TypeError) as e:
+            raise TransformError(f"RouteInstruction.from_dict: bad route row ({e!r})") from None
+        if len(routes) != len(d["routes"]):
+            raise TransformError("RouteInstruction.from_dict: a (embodiment, instruction) pair appears twice")
+        return cls(routes)
 
 
 @dataclass(frozen=True)

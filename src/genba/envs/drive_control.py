@@ -5,87 +5,78 @@ project's. Everything works in physical units (volts, amperes, rad/s); the
 experts in :mod:`genba.envs.embodiments.drives` convert observations in and
 commands out.
 
-Notable features
-- Gains come from the machine parameters, not from trial on seeds: current
-  loops use the technical optimum (pole-zero cancellation of the R-L pole,
-  ``kp = L / (2 T_sigma)``, ``ki = R / (2 T_sigma)``) with the sampling period
-  as the small time constant ``T_sigma``; the speed loop uses the symmetrical
-  optimum on the closed current loop (``T_eq = 2 T_sigma``).
-- Decoupling: the dq cross-coupling ``omega_el * L * i`` and the back-EMF
-  ``omega_el * psi`` are fed forward, so each PI only sees an R-L plant.
-- Anti-windup by clamping: a channel stops integrating while saturation cuts
-  its command, so it never winds up against the inverter voltage limit
-  (dq: a circle) or the current limit (speed loop).
+Why these controllers are *static* (no integrators)
+- The experts exist to be imitated, and an imitator sees only observations
+  (a policy's history of a few frames). A PI controller's integrator is hidden
+  state: the demonstrations then hold actions that no observed channel
+  explains. Measured with the earlier PI experts: the 20-minute generalist
+  tracked the DC current loop at 3.2x the expert's error and failed both speed
+  loops (current-limit trips); a per-task MLP reached 1.7x; an observed
+  error-integral channel did not help (the clamping anti-windup makes the
+  integrator a function of the whole past, not of the error integral).
+- The plant models are known exactly (the same parameters GEM simulates), so
+  the integrators' job, removing the steady-state error left by the resistive
+  drop, the back-EMF and the load torque, is done by model feed-forward
+  instead. Every command is then a function of the current observation (and,
+  for a speed reference's slope, of the previous frame, which the policy's
+  history holds): the demonstrations are a function the policy can represent.
+
+The laws
+- Current: discrete predictive (deadbeat-type) control of each R-L channel
+  ``L di/dt = u - R i - e``: ``u = e + R i + g R / (1 - exp(-R tau / L)) (i_ref - i)``.
+  ``g = 1`` would reach the reference in one period exactly (measured on the DC
+  current task: mean error 1e-8, i.e. the simulation's own model; a real drive's
+  dead times and parameter errors make that unstable), ``g = 1/2`` is the
+  technical optimum's proportional gain (``L / 2 tau``) with the resistive drop
+  fed forward. Measured over 10 seeded episodes, mean normalized error, PI
+  expert vs this law with ``g = 1/2``: DC current 0.0046 vs 0.0042, PMSM current
+  0.0044 vs 0.0042.
+- Speed: symmetrical-optimum proportional gain on the closed current loop (a lag
+  of ``2 tau`` at ``g = 1/2``) plus feed-forward of the inertia torque of the
+  reference's slope and of the load's known static torque. PI vs this law: DC
+  speed 0.00035 vs 0.00032, PMSM speed 0.0012 vs 0.0010.
+- Saturation: the dq voltage is limited to the inverter's circle serving the d
+  axis first, the DC voltage and the current demands are clipped. Being static,
+  the laws cannot wind up.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class PIGains:
-    """Proportional and integral gain of one PI channel (``u = kp e + ki * integral(e)``)."""
-
-    kp: float
-    ki: float
+CURRENT_GAIN = 0.5  # g: fraction of the one-period (deadbeat) correction applied per period
 
 
-def technical_optimum(r: float, l: float, t_sigma: float) -> PIGains:
-    """PI gains cancelling the pole of an R-L plant ``1 / (R + s L)``.
+def predictive_gain(r: float, l: float, tau: float, g: float = CURRENT_GAIN) -> float:
+    """Gain (V/A) on the current error that closes the fraction ``g`` of it in one period.
 
-    The open loop becomes ``1 / (2 T_sigma s (1 + T_sigma s))``: damping 1/sqrt(2),
-    closed loop ~ first order lag of ``2 T_sigma``.
+    Exact discretization of ``L di/dt = u - R i - e`` over ``tau``:
+    ``i' = a i + (1 - a)(u - e) / R`` with ``a = exp(-R tau / L)``.
     """
-    return PIGains(kp=l / (2.0 * t_sigma), ki=r / (2.0 * t_sigma))
+    if not (0.0 < g <= 1.0):
+        raise ValueError(f"current gain g={g}: must be in (0, 1]")
+    return g * r / (1.0 - np.exp(-r * tau / l))
 
 
-def symmetrical_optimum(j: float, k_t: float, t_eq: float, a: float = 4.0) -> PIGains:
-    """PI gains for an integrating plant ``k_t / (J s)`` behind a lag ``T_eq``.
+def speed_gain(j: float, k_t: float, t_eq: float, a: float = 4.0) -> float:
+    """Proportional speed gain (A per rad/s) of the symmetrical optimum for ``k_t / (J s)`` behind a lag ``t_eq``.
 
     ``a`` trades speed for damping (2 is the textbook value, 4 gives more phase
     margin, which saturated current limits need).
     """
-    kp = j / (a * t_eq * k_t)
-    return PIGains(kp=kp, ki=kp / (a * a * t_eq))
+    return j / (a * t_eq * k_t)
 
 
-class PI:
-    """Vector PI with clamping anti-windup (conditional integration).
+def polynomial_load(a: float = 0.0, b: float = 0.0, c: float = 0.0) -> Callable[[float], float]:
+    """GEM's ``PolynomialStaticLoad`` torque (N m) at speed ``omega``: ``sign(w) (c w^2 + a) + b w``.
 
-    The caller saturates the output itself (limits may couple the channels, as a
-    voltage circle does) and reports back the saturated value via ``commit``.
-    A channel stops integrating while its command is cut by the saturation and
-    its error would push further into it. (Back-calculation was tried first: on
-    a 50%-of-limit current step it loads the integrator with the proportional
-    excess, which then takes ~L/R = 70 ms to bleed off.)
+    (GEM linearizes the Coulomb term ``a`` within a tiny band around standstill;
+    the feed-forward ignores that band.)
     """
-
-    def __init__(self, gains: PIGains | list[PIGains], tau: float):
-        gains = gains if isinstance(gains, list) else [gains]
-        self.kp = np.array([g.kp for g in gains])
-        self.ki = np.array([g.ki for g in gains])
-        self.tau = tau
-        self.integral = np.zeros(len(gains))
-        self._e = np.zeros(len(gains))
-        self._raw = np.zeros(len(gains))
-
-    def reset(self) -> None:
-        self.integral[:] = 0.0
-
-    def output(self, error: np.ndarray, feedforward: np.ndarray) -> np.ndarray:
-        """Unsaturated command ``ff + kp e + ki I``; call :meth:`commit` after saturating it."""
-        self._e = np.asarray(error, dtype=float)
-        self._raw = feedforward + self.kp * self._e + self.ki * self.integral
-        return self._raw
-
-    def commit(self, saturated: np.ndarray) -> None:
-        """Integrate the error, except where that would wind up against the saturation."""
-        excess = self._raw - saturated
-        winding = (np.abs(excess) > 1e-12) & (excess * self._e > 0)
-        self.integral += self.tau * np.where(winding, 0.0, self._e)
+    return lambda omega: float(np.sign(omega) * (c * omega * omega + a) + b * omega)
 
 
 @dataclass(frozen=True)
@@ -109,49 +100,19 @@ class PmsmParams:
 
 
 class DqCurrentController:
-    """Field-oriented PI current control of a PMSM in the rotor (dq) frame."""
+    """Field-oriented predictive current control of a PMSM in the rotor (dq) frame."""
 
-    def __init__(self, m: PmsmParams, voltage_margin: float = 1.0):
+    def __init__(self, m: PmsmParams, g: float = CURRENT_GAIN):
         self.m = m
-        self.u_lim = voltage_margin * m.u_max
-        self.pi = PI([technical_optimum(m.r_s, m.l_d, m.tau), technical_optimum(m.r_s, m.l_q, m.tau)], m.tau)
-
-    def reset(self) -> None:
-        self.pi.reset()
+        self.k = np.array([predictive_gain(m.r_s, m.l_d, m.tau, g), predictive_gain(m.r_s, m.l_q, m.tau, g)])
 
     def __call__(self, i_ref: np.ndarray, i_dq: np.ndarray, omega_mech: float) -> np.ndarray:
         """dq voltage (V) driving ``i_dq`` (A) to ``i_ref`` (A) at mechanical speed ``omega_mech``."""
         m = self.m
         w = m.p * omega_mech
-        # cancel the motor's own coupling terms: L_d di_d = u_d - R i_d + w L_q i_q, etc.
-        ff = np.array([-w * m.l_q * i_dq[1], w * (m.l_d * i_dq[0] + m.psi_p)])
-        u = self.pi.output(i_ref - i_dq, ff)
-        u_sat = _limit_circle_d_first(u, self.u_lim)
-        self.pi.commit(u_sat)
-        return u_sat
-
-
-class SpeedController:
-    """Cascaded outer loop: speed PI -> torque-producing current reference.
-
-    Uses the reference slope the caller passes as acceleration feed-forward
-    (``J * d omega_ref / dt / k_t``), which a policy can also compute from the
-    references in its observation history.
-    """
-
-    def __init__(self, j: float, k_t: float, t_eq: float, tau: float, i_max: float, a: float = 4.0):
-        self.j, self.k_t, self.i_max = j, k_t, i_max
-        self.pi = PI(symmetrical_optimum(j, k_t, t_eq, a), tau)
-
-    def reset(self) -> None:
-        self.pi.reset()
-
-    def __call__(self, omega_ref: float, omega: float, d_omega_ref: float = 0.0) -> float:
-        ff = np.array([self.j * d_omega_ref / self.k_t])
-        i = self.pi.output(np.array([omega_ref - omega]), ff)
-        i_sat = np.clip(i, -self.i_max, self.i_max)
-        self.pi.commit(i_sat)
-        return float(i_sat[0])
+        # the motor's own terms: L_d di_d = u_d - R i_d + w L_q i_q;  L_q di_q = u_q - R i_q - w (L_d i_d + psi)
+        ff = np.array([m.r_s * i_dq[0] - w * m.l_q * i_dq[1], m.r_s * i_dq[1] + w * (m.l_d * i_dq[0] + m.psi_p)])
+        return limit_circle_d_first(ff + self.k * (np.asarray(i_ref, float) - i_dq), m.u_max)
 
 
 @dataclass(frozen=True)
@@ -168,23 +129,38 @@ class DcParams:
 
 
 class DcCurrentController:
-    """PI armature current control with back-EMF feed-forward (``psi_e * omega``)."""
+    """Predictive armature current control with back-EMF (``psi_e * omega``) and ``R i`` feed-forward."""
 
-    def __init__(self, m: DcParams):
+    def __init__(self, m: DcParams, g: float = CURRENT_GAIN):
         self.m = m
-        self.pi = PI(technical_optimum(m.r_a, m.l_a, m.tau), m.tau)
-
-    def reset(self) -> None:
-        self.pi.reset()
+        self.k = predictive_gain(m.r_a, m.l_a, m.tau, g)
 
     def __call__(self, i_ref: float, i: float, omega: float) -> float:
-        u = self.pi.output(np.array([i_ref - i]), np.array([self.m.psi_e * omega]))
-        u_sat = np.clip(u, -self.m.u_max, self.m.u_max)
-        self.pi.commit(u_sat)
-        return float(u_sat[0])
+        m = self.m
+        u = m.psi_e * omega + m.r_a * i + self.k * (i_ref - i)
+        return float(np.clip(u, -m.u_max, m.u_max))
 
 
-def _limit_circle_d_first(u: np.ndarray, radius: float) -> np.ndarray:
+class SpeedController:
+    """Cascaded outer loop: speed error -> torque-producing current reference.
+
+    ``i_ref = (J d omega_ref/dt + T_load(omega)) / k_t + kp (omega_ref - omega)``,
+    clipped to ``i_max``. The caller passes the reference's slope (differenced
+    from consecutive observations, which a policy's history also holds).
+    """
+
+    def __init__(self, j: float, k_t: float, t_eq: float, i_max: float,
+                 load_torque: Callable[[float], float] | None = None, a: float = 4.0):
+        self.j, self.k_t, self.i_max = j, k_t, i_max
+        self.kp = speed_gain(j, k_t, t_eq, a)
+        self.load_torque = load_torque or (lambda omega: 0.0)
+
+    def __call__(self, omega_ref: float, omega: float, d_omega_ref: float = 0.0) -> float:
+        ff = (self.j * d_omega_ref + self.load_torque(omega)) / self.k_t
+        return float(np.clip(ff + self.kp * (omega_ref - omega), -self.i_max, self.i_max))
+
+
+def limit_circle_d_first(u: np.ndarray, radius: float) -> np.ndarray:
     """Saturate a dq voltage to the circle, serving the d axis first.
 
     Scaling the whole vector would starve the d axis during a large q step (the

@@ -14,7 +14,10 @@ before they reach the env.
 :class:`BatchedPolicy` is the batched twin of ``genba.model.policy.Policy``:
 the same transforms (Normalize, tokenize, Unnormalize), history padding and
 chunk execution (temporal ensembling or re-planning), for N envs at once; a
-test checks it gives what N separate ``Policy`` objects give.
+test checks it gives what N separate ``Policy`` objects give. It applies the
+checkpoint's route table (``RouteInstruction``) like ``Policy``: a task-scoped
+fine-tune's new instructions run on their own entry, every other task on the
+machine's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from genba.eval.chunking import ChunkExecutor
-from genba.data.transforms import Normalize, TokenizeInstruction, Unnormalize
+from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstruction, Unnormalize
 from genba.envs import registry
 from genba.envs.seeds import eval_seed
 from genba.eval.metrics import EpisodeResult, count_violations
@@ -72,22 +75,26 @@ class BatchedPolicy(ChunkExecutor):
     """N lockstep control streams of one embodiment and instruction, one model call per step."""
 
     def __init__(self, model, stats, *, execute: str = "ensemble", replan_every: int | None = None,
-                 ensemble_m: float = 0.1, seed: int = 0, device: torch.device | str = "cpu") -> None:
+                 ensemble_m: float = 0.1, seed: int = 0, device: torch.device | str = "cpu",
+                 normalization: str = "mean_std", routes: RouteInstruction | None = None) -> None:
         if execute not in ("ensemble", "replan"):
             raise ValueError(f"execute {execute!r}: expected 'ensemble' or 'replan'")
         self.model, self.cfg, self.device = model.eval(), model.cfg, torch.device(device)
         self.execute, self.ensemble_m, self.seed = execute, ensemble_m, seed
         self.replan_every = replan_every if replan_every is not None else max(1, self.cfg.chunk // 2)
-        self._normalize, self._unnormalize = Normalize(stats), Unnormalize(stats)
+        self._normalize = Normalize(stats, mode=normalization)
+        self._unnormalize = Unnormalize(stats, mode=normalization)
+        self.route = routes if routes is not None else RouteInstruction()
         self._tokenize = TokenizeInstruction(self.cfg.max_lang_len)
 
     @torch.inference_mode()
     def reset(self, n: int, embodiment: str, instruction: str) -> None:
         """Start N episodes: empty histories and chunk queues, the instruction encoded once."""
-        if embodiment not in self.model.specs:
-            raise ValueError(f"embodiment {embodiment!r} is unknown to this checkpoint; it knows "
-                             f"{sorted(self.model.specs)}")
-        self.n, self.embodiment, self.t = n, embodiment, 0
+        machines = sorted(set(self.model.specs) - set(self.route.entries))
+        if embodiment not in machines:
+            raise ValueError(f"embodiment {embodiment!r} is unknown to this checkpoint; it knows {machines}")
+        self.n, self.t = n, 0
+        self.embodiment = self.route.entry(embodiment, instruction)  # the model entry (task-scoped or the machine)
         self._frames: list[np.ndarray] = []  # per step (N, obs)
         self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, (N, C, A))
         tok = self._tokenize({"instruction": instruction})
@@ -144,11 +151,13 @@ def load_batched_policy(checkpoint: str, execute: str, replan_every: int | None)
     """The checkpoint's model as a BatchedPolicy (cached per process)."""
     key = ("policy", checkpoint, execute, replan_every)
     if key not in _CACHE:
-        from genba.model.bundle import bundle_stats, load_model
+        from genba.model.bundle import bundle_routes, bundle_stats, load_model
 
         model, manifest = load_model(checkpoint, device="cpu")
         _CACHE[key] = BatchedPolicy(model, bundle_stats(manifest, checkpoint), execute=execute,
-                                    replan_every=replan_every)
+                                    replan_every=replan_every,
+                                    normalization=manifest.get("normalization", {}).get("mode", "mean_std"),
+                                    routes=bundle_routes(manifest, checkpoint))
     return _CACHE[key]
 
 

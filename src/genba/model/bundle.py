@@ -2,7 +2,10 @@
 
 ``genba.json`` carries everything needed to drive a machine from the checkpoint
 alone: the model config and preset name, the embodiment specs, the per-embodiment
-normalization statistics, the tokenizer and lineage (datasets, training run).
+normalization statistics, the tokenizer and lineage (datasets, training run),
+and the route table of task-scoped entries (``routes``: which (embodiment,
+instruction) pairs a fine-tune gave their own stem and head, see
+``genba.data.transforms.RouteInstruction``; absent = no routes).
 Stats live here because fine-tuning breaks quietly when they drift from the
 weights (openpi #817, #433).
 
@@ -25,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from genba.data.spec import EmbodimentSpec, SpecError
 from genba.data.stats import stats_from_json, stats_to_json
-from genba.data.transforms import MODES, TokenizeInstruction
+from genba.data.transforms import MODES, RouteInstruction, TokenizeInstruction, TransformError
 from genba.model.config import ModelConfig, preset_name_of
 from genba.model.generalist import Generalist
 
@@ -46,7 +49,8 @@ def tokenizer_config(cfg: ModelConfig) -> dict[str, Any]:
 def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mapping[str, Mapping[str, Any]],
                 preset: str | None = None, normalization: str = "mean_std",
                 lineage: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-                state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+                state_dict: Mapping[str, torch.Tensor] | None = None,
+                routes: RouteInstruction | None = None) -> Path:
     """Write the weights and ``genba.json`` into ``directory`` (created); returns the directory.
 
     ``stats`` is ``{embodiment: {"observation.state": {...}, "action": {...}}}`` as
@@ -55,6 +59,7 @@ def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mappi
     training (the policy rebuilds the same ones). ``state_dict`` overrides
     ``model.state_dict()``: a sharded (FSDP2) trainer passes the gathered full one
     (``get_model_state_dict(..., full_state_dict=True)``), with the plain model's names.
+    ``routes`` (task-scoped entries) must only name embodiments and entries of the model.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +68,8 @@ def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mappi
     missing = sorted(set(model.specs) - set(stats))
     if missing:
         raise BundleError(f"save_bundle: no normalization stats for embodiments {missing}")
+    if routes is not None:
+        check_routes(routes, model.specs, str(out / MANIFEST))
     source = model.state_dict() if state_dict is None else state_dict
     _check_shapes(out / WEIGHTS, model, source, preset or "custom")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
@@ -80,6 +87,8 @@ def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mappi
                     "num_params": sum(p.numel() for p in model.parameters())},
         **dict(extra or {}),
     }
+    if routes is not None and routes.routes:
+        manifest["routes"] = routes.to_dict()
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
     _atomic(out / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))
     return out
@@ -123,6 +132,30 @@ def bundle_stats(manifest: Mapping[str, Any], source: str = MANIFEST) -> dict[st
     return {n: stats_from_json(s, source=f"{source} stats[{n!r}]") for n, s in manifest["stats"].items()}
 
 
+def check_routes(routes: RouteInstruction, specs: Mapping[str, EmbodimentSpec], source: str) -> None:
+    """Every route joins a machine of the model to an entry of the model with the same spec but its name."""
+    for (emb, instruction), entry in routes.routes.items():
+        for name in (emb, entry):
+            if name not in specs:
+                raise BundleError(f"{source}: route ({emb!r}, {instruction!r}) -> {entry!r} names {name!r}, "
+                                  f"which the model lacks (has {sorted(specs)})")
+        if emb in routes.entries:
+            raise BundleError(f"{source}: route ({emb!r}, {instruction!r}) starts at {emb!r}, itself a routed entry")
+        if specs[entry].to_dict() != {**specs[emb].to_dict(), "name": entry}:
+            raise BundleError(f"{source}: routed entry {entry!r} has a spec that differs from {emb!r}'s "
+                              "beyond its name")
+
+
+def bundle_routes(manifest: Mapping[str, Any], source: str = MANIFEST) -> RouteInstruction:
+    """The checkpoint's route table (empty without one), checked against its specs."""
+    try:
+        routes = RouteInstruction.from_dict(manifest.get("routes"))
+    except TransformError as e:
+        raise BundleError(f"{source}: bad routes: {e}") from None
+    check_routes(routes, bundle_specs(manifest, source), source)
+    return routes
+
+
 def load_model(directory: str | os.PathLike, *, preset: str | None = None,
                device: torch.device | str | None = None) -> tuple[Generalist, dict[str, Any]]:
     """Rebuild the model of a checkpoint (eval mode) and return it with its manifest.
@@ -138,6 +171,7 @@ def load_model(directory: str | os.PathLike, *, preset: str | None = None,
     except (TypeError, ValueError) as e:
         raise BundleError(f"{directory / MANIFEST}: bad model config: {e}") from None
     specs = bundle_specs(manifest, str(directory / MANIFEST))
+    bundle_routes(manifest, str(directory / MANIFEST))  # a bad table fails here, not at the first routed request
     tensors = _read_weights(directory / WEIGHTS, manifest)
     with torch.device("meta"):
         model = Generalist(cfg, specs)

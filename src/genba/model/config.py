@@ -82,6 +82,10 @@ class ModelConfig:
     stem_hidden: int = 256
     head: str = "l1"
     head_hidden: int = 256
+    # linear map from the observation history straight to the chunk, added to the head's output
+    # (generalist.py says why). False by default only so checkpoints written before it load as they were;
+    # every preset turns it on.
+    obs_linear: bool = False
     flow_steps: int = 10  # Euler steps at inference (pi0)
     # init
     init_std: float = 0.02
@@ -148,25 +152,27 @@ class ModelConfig:
 
 
 # ---- presets ----------------------------------------------------------------
-_SMALL = ModelConfig()
+_SMALL = ModelConfig(obs_linear=True)
 
 PRESETS: dict[str, ModelConfig] = {
     # For tests: < 100k parameters, builds and trains in milliseconds.
     "debug": ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, mlp_hidden=64, history=2, chunk=4,
                          max_lang_len=32, n_readout=1, lang_dim=16, lang_layers=1, lang_heads=2, n_lang_tokens=2,
-                         stem_hidden=32, head_hidden=32),
+                         stem_hidden=32, head_hidden=32, obs_linear=True),
     # ~1M parameters: the size of the machine-notes latency figure.
     "tiny": ModelConfig(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden=344, stem_hidden=128,
-                        head_hidden=128),
+                        head_hidden=128, obs_linear=True),
     # ~2.5M: the 20-minute, 2-core training preset (see module docstring).
     "small": _SMALL,
     # ~30M: for longer runs or a GPU.
     "base": ModelConfig(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, mlp_hidden=1376, history=3,
-                        lang_dim=128, lang_layers=2, lang_heads=4, stem_hidden=512, head_hidden=512),
+                        lang_dim=128, lang_layers=2, lang_heads=4, stem_hidden=512, head_hidden=512,
+                        obs_linear=True),
     # The same MoE code as `1t`, small enough to train on this CPU.
     "moe-small": ModelConfig(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=344,
                              n_experts=8, top_k=2, expert_hidden=256, n_shared_experts=1, first_dense_layers=1,
-                             router="softmax", aux_loss_coef=0.01, stem_hidden=128, head_hidden=128),
+                             router="softmax", aux_loss_coef=0.01, stem_hidden=128, head_hidden=128,
+                             obs_linear=True),
     # Kimi-K2 proportions: 61 layers, width 7168, 64 heads, 384 routed experts of hidden 2048, 8 active +
     # 1 shared, first layer dense (hidden 18432), sigmoid routing with aux-loss-free bias balancing
     # (DeepSeek-V3) plus a tiny aux loss. Attention is grouped-query (8 KV heads of 128) instead of
@@ -177,7 +183,7 @@ PRESETS: dict[str, ModelConfig] = {
                       router="sigmoid", aux_loss_coef=1e-4, router_bias_rate=1e-3,
                       history=4, chunk=16, max_lang_len=128, n_readout=4,
                       lang_dim=1024, lang_layers=2, lang_heads=8, n_lang_tokens=8,
-                      stem_hidden=2048, head_hidden=4096),
+                      stem_hidden=2048, head_hidden=4096, obs_linear=True),
 }
 
 

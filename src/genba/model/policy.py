@@ -15,6 +15,14 @@ frames, the language summary cached per instruction, and chunk execution:
 - ``execute="replan"``: a fresh chunk every ``replan_every`` steps, played open
   loop in between (cheaper; OpenVLA-OFT style).
 
+Task-scoped entries: a checkpoint adapted with ``genba finetune --scope tasks``
+stores a route table (``RouteInstruction``) sending its new tasks' instructions
+to a copy of the machine's stem and head; the policy applies it on every
+observation, so old tasks run exactly the parent's computation. ``specs`` lists
+the machines a caller may name; routed entries are internal. A stream whose
+entry changes (another machine, or an instruction routed elsewhere) starts a
+new episode.
+
 Several streams over one model (a server's sessions) step together with
 :func:`infer_many` / :func:`infer_chunk_many`: one trunk pass for all of them,
 each stream's state advancing exactly as its own ``infer`` would.
@@ -32,9 +40,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from genba.data.transforms import Normalize, TokenizeInstruction, Unnormalize
+from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstruction, Unnormalize
 from genba.device import default_device
-from genba.model.bundle import BundleError, bundle_stats, load_model
+from genba.model.bundle import BundleError, bundle_routes, bundle_stats, check_routes, load_model
 from genba.model.generalist import Generalist
 
 EXECUTE_MODES = ("ensemble", "replan")
@@ -46,7 +54,7 @@ class Policy:
     def __init__(self, model: Generalist, stats: Mapping[str, Mapping[str, Any]], *, execute: str = "ensemble",
                  replan_every: int | None = None, ensemble_m: float = 0.1, seed: int = 0,
                  normalization: str = "mean_std", device: torch.device | str | None = None,
-                 manifest: Mapping[str, Any] | None = None) -> None:
+                 manifest: Mapping[str, Any] | None = None, routes: RouteInstruction | None = None) -> None:
         if execute not in EXECUTE_MODES:
             raise ValueError(f"execute {execute!r}: expected one of {EXECUTE_MODES}")
         self.cfg = model.cfg
@@ -60,8 +68,12 @@ class Policy:
             raise ValueError(f"Policy: no normalization stats for embodiments {missing}")
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
-        self.specs = dict(model.specs)
         self.manifest = dict(manifest or {})
+        self.route = routes if routes is not None else bundle_routes(self.manifest) if "routes" in self.manifest \
+            else RouteInstruction()
+        check_routes(self.route, model.specs, "Policy routes")
+        entries = self.route.entries
+        self.specs = {n: s for n, s in model.specs.items() if n not in entries}  # machines a caller names
         self.execute, self.replan_every, self.ensemble_m, self.seed = execute, k, ensemble_m, seed
         self._normalize = Normalize(stats, mode=normalization)
         self._unnormalize = Unnormalize(stats, mode=normalization)
@@ -75,7 +87,7 @@ class Policy:
     # ---- public ------------------------------------------------------------
     def reset(self) -> None:
         """Start a new episode: forget history and queued chunks; reseed the sampler."""
-        self._embodiment: str | None = None
+        self._embodiment: str | None = None  # the model entry serving this stream (routed)
         self._history: deque[torch.Tensor] = deque(maxlen=self.cfg.history)  # normalized frames (obs,)
         self._chunks: deque[tuple[int, np.ndarray]] = deque(maxlen=self.cfg.chunk)  # (start step, (C, A))
         self._step = 0
@@ -113,8 +125,9 @@ class Policy:
         return self._ensemble(t)
 
     def _observe(self, obs: Mapping[str, Any]) -> None:
-        name, state, instruction = validate_obs(obs, self.specs)
-        if name != self._embodiment:  # another machine on this stream: a new episode
+        machine, state, instruction = validate_obs(obs, self.specs)
+        name = self.route.entry(machine, instruction)
+        if name != self._embodiment:  # another machine (or task-scoped entry) on this stream: a new episode
             self.reset()
             self._embodiment = name
         shift, scale = self._obs_norm[name]
@@ -154,7 +167,7 @@ class Policy:
         """Per embodiment: float32 (shift, scale) of observations and of actions, taken once from the
         shared transforms (so training and inference agree) instead of a dict transform per step."""
         obs, act = {}, {}
-        for name, spec in self.specs.items():
+        for name, spec in self.model.specs.items():  # machines and routed entries
             for out, norm, key, dim in ((obs, self._normalize, "observation.state", spec.obs_dim),
                                         (act, self._unnormalize, "action", spec.action_dim)):
                 shift, scale = norm._shift_scale(name, key, np.zeros(dim, np.float32))
@@ -240,6 +253,7 @@ def _predict_many(pols: list[Policy]) -> list[np.ndarray]:
             norm = head.sample(ro, steps, None)  # (B, C, A)
         else:  # stochastic: each stream's noise from its own generator, as in its own infer
             norm = torch.cat([head.sample(ro[k:k + 1], steps, pols[i]._generator) for k, i in enumerate(idx)])
+        norm = norm + model.linear_part(name, batch[name], norm.dtype)  # the head predicts the residual
         for k, i in enumerate(idx):
             chunks[i] = pols[i]._to_machine(norm[k])
     return chunks

@@ -21,6 +21,23 @@ Two cases, told apart by the datasets' embodiment names:
   dataset, or ``--spec FILE``): a stem and a head are built from the spec
   (``Generalist.add_embodiment``) and trained on the new data's own stats.
 
+``--scope`` says where new tasks of a known embodiment go. ``tasks`` (the
+default with ``--mode frozen-trunk``): the machine's stem and head are *copied*
+into a new model entry ``<machine>__<tag>`` (tag: ``--scope-tag``, default the
+``--out`` directory's name; same spec but the name) and only the copy trains; a
+route table (``genba.data.transforms.RouteInstruction``) sends every
+instruction of the new data, in en and ja, to the copy, and is stored in the
+checkpoint. The machine's own stem and head, the trunk and the language encoder
+stay bit-identical, so every old task computes exactly what the parent did: no
+forgetting (issue 7: unscoped frozen-trunk adaptation to five new MT50 tasks
+took the sixteen pretrained tasks from 0.73 to 0.44). Stats: the copy gets
+``choose_stats`` of the machine's stats and the new data; the machine keeps the
+parent's. Routes accumulate over fine-tunes; an instruction the parent already
+routes elsewhere is refused. ``embodiment`` (the default with ``lora`` and
+``full``, which move the shared trunk and so every task anyway): today's
+behaviour, the machine's own stem and head train. ``tasks`` is refused with
+``lora``/``full``: an adapter merged into the trunk moves old tasks too.
+
 ``--mode`` chooses what else trains: ``frozen-trunk`` (only the stems/heads of
 the embodiments in the data; trunk, language encoder and rate embedding stay
 bit-identical), ``lora`` (plus low-rank adapters on the trunk's linear layers,
@@ -55,15 +72,11 @@ import numpy as np
 import torch
 
 from genba.cli import CLIError
+from genba.train.finetune_data import (STATS_POLICIES, FinetuneError, build_data, choose_stats, open_data,
+                                       plan_embodiments, read_spec_file, routed_entry, routes_for, scope_entries)
 
 MODES = ("frozen-trunk", "lora", "full")
-STATS_POLICIES = ("auto", "keep", "pool", "data")
-Z_LIMIT = 6.0  # |normalized q01/q99| beyond which new data counts as outside the parent's range
-LIMIT_TOL = 1e-4  # relative tolerance of the limit check (float32 rounding of recorded actions)
-
-
-class FinetuneError(ValueError):
-    """Adaptation that cannot run as asked; the message names the input at fault."""
+SCOPES = ("auto", "tasks", "embodiment")
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,8 @@ class FinetuneConfig:
     stats: str = "auto"
     init: str = "pretrained"  # pretrained | scratch (the baseline: same architecture, fresh weights)
     replay_weight: float = 0.0  # share of samples drawn from --replay datasets
+    scope: str = "auto"  # auto | tasks | embodiment (see the module docstring)
+    scope_tag: str | None = None  # None: the run directory's name
     tensorboard: bool = True
     train: Any = None  # genba.train.config.TrainConfig; None: default_train_config()
 
@@ -88,6 +103,12 @@ class FinetuneConfig:
             raise FinetuneError(f"init {self.init!r}: expected 'pretrained' or 'scratch'")
         if self.lora_rank < 1:
             raise FinetuneError(f"--lora-rank must be >= 1, got {self.lora_rank}")
+        if self.scope not in SCOPES:
+            raise FinetuneError(f"--scope {self.scope!r}: expected one of {SCOPES}")
+        if self.scope == "tasks" and (self.mode != "frozen-trunk" or self.init == "scratch"):
+            raise FinetuneError(f"--scope tasks needs --mode frozen-trunk from a pretrained checkpoint (got mode "
+                                f"{self.mode!r}, init {self.init!r}): {self.mode} changes the shared trunk, so old "
+                                "tasks would move whatever the routes say; use --scope embodiment")
         if not 0.0 <= self.replay_weight < 1.0:
             raise FinetuneError(f"--replay-weight must be in [0, 1), got {self.replay_weight}")
         if self.train is None:
@@ -96,6 +117,13 @@ class FinetuneConfig:
     def to_dict(self) -> dict:
         return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"},
                 "train": self.train.to_dict()}
+
+    @property
+    def task_scoped(self) -> bool:
+        """Whether new tasks of known embodiments get their own entries (``auto``: with a frozen trunk)."""
+        if self.scope == "auto":
+            return self.mode == "frozen-trunk" and self.init == "pretrained"
+        return self.scope == "tasks"
 
 
 def default_train_config():
@@ -117,149 +145,16 @@ class FinetuneResult:
     stats_decisions: dict[str, str]
     trainable_params: int
     history: list[dict] = field(default_factory=list)
+    scoped: dict[str, str] = field(default_factory=dict)  # task-scoped entry -> the machine it copies
+    routes: Any = None  # the checkpoint's RouteInstruction (parent's and this run's)
 
 
 # ---- specs and data -----------------------------------------------------------------
-def read_spec_file(path: str | os.PathLike):
-    """An EmbodimentSpec from a JSON file (a bare spec, or a dataset's ``meta/genba.json`` with ``spec``)."""
-    from genba.data.spec import EmbodimentSpec, SpecError
-
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FinetuneError(f"--spec {path}: cannot read JSON ({e})") from None
-    if isinstance(doc, dict) and "spec" in doc and "obs_names" not in doc:
-        doc = doc["spec"]
-    try:
-        return EmbodimentSpec.from_dict(doc)
-    except SpecError as e:
-        raise FinetuneError(f"--spec {path}: {e}") from None
-
-
-def check_spec_fits(spec, ds) -> None:
-    """Refuse a spec whose dimensions, names or limits disagree with the dataset's frames."""
-    from genba.data.lerobot import ACTION, STATE
-
-    feats = ds.info["features"]
-    for key, dim, names, frames in ((STATE, spec.obs_dim, spec.obs_names, ds.observation),
-                                    (ACTION, spec.action_dim, spec.action_names, ds.action)):
-        if frames.shape[1] != dim:
-            raise FinetuneError(f"spec {spec.name!r} has {dim} {key} entries but dataset {ds.root} has "
-                                f"{frames.shape[1]} per frame")
-        have = feats.get(key, {}).get("names")
-        if have is not None and list(have) != list(names):
-            diff = next(i for i, (a, b) in enumerate(zip(have, names)) if a != b)
-            raise FinetuneError(f"spec {spec.name!r} names {key}[{diff}] {names[diff]!r} but dataset {ds.root} "
-                                f"calls it {have[diff]!r}: is this the right spec for this data?")
-    _check_limits(spec, ds, "action", spec.action_names, spec.action_low, spec.action_high, ds.action)
-    _check_limits(spec, ds, "observation", spec.obs_names, spec.obs_low, spec.obs_high, ds.observation)
-
-
-def _check_limits(spec, ds, kind, names, low, high, frames) -> None:
-    lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
-    span = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
-    x = frames.astype(np.float64)
-    outside = (x < lo - LIMIT_TOL * span) | (x > hi + LIMIT_TOL * span)
-    if outside.any():
-        i = int(np.argmax(outside.sum(0)))
-        raise FinetuneError(
-            f"spec {spec.name!r}: {int(outside[:, i].sum())} of {len(x)} frames of dataset {ds.root} have "
-            f"{kind} {names[i]!r} outside the spec's limits [{lo[i]:g}, {hi[i]:g}] (data spans "
-            f"[{x[:, i].min():g}, {x[:, i].max():g}]): the limits or the units of the spec are wrong")
-
-
-def open_data(dirs: Sequence[str | os.PathLike], spec_override=None, read_table: Callable | None = None) -> list:
-    """Open every dataset; with ``spec_override`` each must fit it and takes it as its spec."""
-    from genba.data.lerobot import DatasetError, open_dataset
-
-    out = []
-    for d in dirs:
-        try:
-            ds = open_dataset(d, read_table=read_table)
-        except DatasetError as e:
-            raise FinetuneError(str(e)) from None
-        spec = spec_override if spec_override is not None else ds.spec
-        check_spec_fits(spec, ds)
-        out.append(dataclasses.replace(ds, spec=spec) if spec is not ds.spec else ds)
-    return out
-
-
-def plan_embodiments(parent_specs: dict, datasets: list, replay: list) -> tuple[list, list]:
-    """(new specs, names of known embodiments adapted); refuse a known name with a different spec."""
-    new, adapted = {}, []
-    for is_replay, ds in [(False, d) for d in datasets] + [(True, d) for d in replay]:
-        name, spec = ds.embodiment, ds.spec
-        if name in parent_specs:
-            if spec != parent_specs[name]:
-                diff = [f.name for f in dataclasses.fields(spec)
-                        if getattr(spec, f.name) != getattr(parent_specs[name], f.name)]
-                raise FinetuneError(f"dataset {ds.root}: embodiment {name!r} differs from the checkpoint's spec in "
-                                    f"{diff}; a changed machine is a new embodiment: give its spec another name")
-            if not is_replay and name not in adapted:
-                adapted.append(name)
-        elif is_replay:
-            raise FinetuneError(f"--replay {ds.root}: embodiment {name!r} is not in the checkpoint; replay is for "
-                                "pretraining data")
-        elif name in new and new[name] != spec:
-            raise FinetuneError(f"dataset {ds.root}: embodiment {name!r} has a spec that differs from another "
-                                "--data dir of the same name")
-        else:
-            new[name] = spec
-    return list(new.values()), adapted
-
-
-def choose_stats(policy: str, parent: dict | None, data: dict, mode: str) -> tuple[dict, str]:
-    """(stats to store, decision) for one embodiment; see the module docstring."""
-    from genba.data.stats import aggregate_stats
-
-    if parent is None:
-        return data, "data (new embodiment)"
-    if policy == "auto":
-        worst = _worst_z(parent, data, mode)
-        policy = "keep" if worst <= Z_LIMIT else "pool"
-        why = f" (new data's q01/q99 reach {worst:.1f} normalized units; limit {Z_LIMIT:g})"
-    else:
-        why = " (forced)"
-    if policy == "keep":
-        return parent, "keep parent" + why
-    if policy == "pool":
-        return aggregate_stats([parent, data]), "pooled parent + new data" + why
-    return data, "new data only" + why
-
-
-def _worst_z(parent: dict, data: dict, mode: str) -> float:
-    from genba.data.transforms import Normalize
-
-    norm = Normalize({"x": parent}, mode=mode)
-    worst = 0.0
-    for q in ("q01", "q99"):
-        sample = {"embodiment": "x", **{k: np.asarray(data[k][q], np.float32) for k in norm.keys}}
-        z = norm(sample)
-        worst = max(worst, *(float(np.abs(np.asarray(z[k])).max()) for k in norm.keys))
-    return worst
-
-
-def build_data(datasets: list, replay: list, stats: dict, mode: str, cfg, model_cfg):
-    """The trainer's TrainData over new data (and replay at ``cfg.replay_weight``)."""
-    from genba.data.reader import MixedDataset, WindowDataset
-    from genba.data.transforms import Normalize, TokenizeInstruction
-    from genba.train.trainer import TrainData
-
-    tc = cfg.train
-    parts = [WindowDataset(ds, history=model_cfg.history, chunk=model_cfg.chunk, lang=tc.lang, seed=tc.seed)
-             for ds in datasets + replay]
-    w_new = (1.0 - cfg.replay_weight) / len(datasets)
-    weights = [w_new] * len(datasets) + ([cfg.replay_weight / len(replay)] * len(replay) if replay else [])
-    specs = {ds.embodiment: ds.spec for ds in datasets + replay}
-    used = {k: stats[k] for k in specs}
-    return TrainData(datasets + replay, MixedDataset(parts, weights), specs, used, Normalize(used, mode=mode),
-                     TokenizeInstruction(model_cfg.max_lang_len))
-
-
-# ---- the model --------------------------------------------------------------------------
-def adapt_model(parent, new_specs: list, cfg: FinetuneConfig, train_names: Sequence[str], device) -> tuple[Any, int]:
+def adapt_model(parent, new_specs: list, cfg: FinetuneConfig, train_names: Sequence[str], device,
+                scoped: dict | None = None) -> tuple[Any, int]:
     """The model to train: the parent (or a fresh twin) with new stems/heads, freezing and adapters set.
+
+    ``scoped`` (``{machine: entry spec}``) adds each entry as a copy of its machine's stem and head.
 
     Returns ``(model, trainable parameter count)``.
     """
@@ -278,6 +173,10 @@ def adapt_model(parent, new_specs: list, cfg: FinetuneConfig, train_names: Seque
         model = parent.to(device)
         for spec in new_specs:
             model.add_embodiment(spec)
+        for machine, spec in (scoped or {}).items():
+            model.add_embodiment(spec)
+            model.stems[spec.name].load_state_dict(model.stems[machine].state_dict())
+            model.heads[spec.name].load_state_dict(model.heads[machine].state_dict())
     model.train()
     mode = "full" if cfg.init == "scratch" else cfg.mode
     for p in model.parameters():
@@ -343,7 +242,8 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
     and ``lineage`` are the governance seam, as for :func:`genba.train.trainer.train`.
     """
     from genba.device import default_device
-    from genba.model.bundle import bundle_stats, load_model
+    from genba.data.transforms import TransformError
+    from genba.model.bundle import bundle_routes, bundle_stats, load_model
     from genba.train.checkpoint import resolve_checkpoint
     from genba.train.trainer import merge_stats
 
@@ -358,19 +258,40 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
     norm_mode = manifest.get("normalization", {}).get("mode", "mean_std")
     datasets, replayed = open_data(data_dirs, spec, read_table), open_data(replay, None, read_table)
     new_specs, adapted = plan_embodiments(dict(parent.specs), datasets, replayed)
+    run_dir = Path(run_dir)
+    parent_routes = bundle_routes(manifest, str(parent_dir))
+    scoped, routes = {}, parent_routes if cfg.init == "pretrained" else None
+    if cfg.task_scoped and adapted:
+        if replayed:
+            raise FinetuneError("--replay with --scope tasks: the scoped fine-tune leaves every pretrained tensor "
+                                "unchanged, so rehearsal protects nothing; drop --replay or use --scope embodiment")
+        scoped = scope_entries(dict(parent.specs), parent_routes, adapted, cfg.scope_tag or run_dir.name,
+                               cfg.scope_tag is not None)
+        try:
+            routes = parent_routes.merge(routes_for(datasets, scoped))
+        except TransformError as e:
+            raise FinetuneError(f"route clash: {e} (to train that entry further: --scope embodiment)") from None
     parent_stats = bundle_stats(manifest, str(parent_dir))
     stats, decisions = dict(parent_stats), {}
-    for name in dict.fromkeys(ds.embodiment for ds in datasets):
-        fresh = merge_stats([ds.stats for ds in datasets if ds.embodiment == name])
-        stats[name], decisions[name] = choose_stats(cfg.stats, parent_stats.get(name), fresh, norm_mode)
+    entry_specs = {**{e: parent.specs[e] for e in (routes.entries if routes else {}) if e in parent.specs},
+                   **{s.name: s for s in scoped.values()}}
+    entry_of = [routed_entry(routes, ds) if routes else ds.embodiment for ds in datasets]
+    for entry in dict.fromkeys(entry_of):  # stats per model entry the data trains (a scoped machine keeps its own)
+        group = [ds for ds, e in zip(datasets, entry_of) if e == entry]
+        base = parent_stats.get(entry, parent_stats.get(group[0].embodiment))
+        stats[entry], decisions[entry] = choose_stats(cfg.stats, base, merge_stats([d.stats for d in group]),
+                                                      norm_mode)
         if progress:
-            print(f"genba finetune: stats for {name!r}: {decisions[name]}")
-    data = build_data(datasets, replayed, stats, norm_mode, cfg, parent.cfg)
-    model, n_train = adapt_model(parent, new_specs, cfg, list(data.specs), device)
-    run_dir = Path(run_dir)
+            print(f"genba finetune: stats for {entry!r}: {decisions[entry]}")
+    data = build_data(datasets, replayed, stats, norm_mode, cfg, parent.cfg, routes, entry_specs)
+    model, n_train = adapt_model(parent, new_specs, cfg, list(data.specs), device, scoped)
     run_dir.mkdir(parents=True, exist_ok=True)
+    entries = {s.name: m for m, s in scoped.items()}
     adaptation = {"mode": "full" if cfg.init == "scratch" else cfg.mode, "init": cfg.init,
+                  "scope": "tasks" if scoped else "embodiment",
                   "added_embodiments": [s.name for s in new_specs], "adapted_embodiments": adapted,
+                  "scoped_entries": entries,
+                  "routes_added": [r for r in routes_for(datasets, scoped).to_dict()["routes"]] if scoped else [],
                   "stats": decisions, "trainable_params": n_train,
                   "total_params": sum(p.numel() for p in model.parameters())}
     access = lineage() if callable(lineage) else lineage
@@ -379,13 +300,13 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
                                                      "data": [str(d) for d in data_dirs],
                                                      "replay": [str(d) for d in replay]}, indent=2))
     step, loss, history, ckpt_dir = _train(model, data, cfg, run_dir, stats, manifest, full_lineage, norm_mode,
-                                           progress)
+                                           progress, routes)
     return FinetuneResult(run_dir, ckpt_dir, step, loss, [s.name for s in new_specs], adapted, decisions,
-                          n_train, history)
+                          n_train, history, entries, routes)
 
 
 def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifest: dict, lineage: dict,
-           norm_mode: str, progress: bool):
+           norm_mode: str, progress: bool, routes=None):
     """AdamW over the trainable parameters, the trainer's schedule and batches; one checkpoint at the end."""
     from genba.data.reader import mixed_sampler
     from genba.model.bundle import save_bundle
@@ -434,7 +355,7 @@ def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifes
     def write_bundle(directory: Path, _full: dict) -> None:
         plain = _plain_copy(model, merged_state_dict(model))
         save_bundle(directory, plain, stats={n: stats[n] for n in plain.specs}, preset=manifest["preset"],
-                    normalization=norm_mode, lineage=lineage, extra={"train_preset": "finetune"})
+                    normalization=norm_mode, lineage=lineage, extra={"train_preset": "finetune"}, routes=routes)
 
     state = {"step": step, "total_steps": total, "elapsed": time.perf_counter() - t0, "kind": "finetune"}
     final = ckpt.save_checkpoint(run_dir, step, model, optimizer, state, write_bundle, keep_last=1)
@@ -451,6 +372,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=_dirs, help="new datasets, comma-separated")
     p.add_argument("--out", required=True, type=Path, help="run directory of the adapted model")
     p.add_argument("--mode", choices=MODES, default="lora", help="what trains besides the stems/heads")
+    p.add_argument("--scope", choices=SCOPES, default="auto",
+                   help="new tasks of a known machine: 'tasks' trains a routed copy of its stem/head (old tasks "
+                        "bit-identical; needs frozen-trunk), 'embodiment' trains the machine's own; auto: tasks "
+                        "with --mode frozen-trunk, else embodiment")
+    p.add_argument("--scope-tag", help="name tag of task-scoped entries, MACHINE__TAG (default: the --out dir name)")
     p.add_argument("--spec", type=Path, help="embodiment spec JSON replacing the datasets' own")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps (default 500)")
@@ -484,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
                                   "lr": args.lr, "seed": args.seed, "lang": args.lang}.items() if v is not None}
         cfg = FinetuneConfig(mode=args.mode, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, stats=args.stats,
                              init="scratch" if args.from_scratch else "pretrained", replay_weight=args.replay_weight,
+                             scope=args.scope, scope_tag=args.scope_tag,
                              train=default_train_config().replace(**over))
         spec = read_spec_file(args.spec) if args.spec else None
         # replay data is read too, so it is authorized (and audited) with the new data
@@ -496,4 +423,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"fine-tuned {res.step} steps ({cfg.mode if cfg.init == 'pretrained' else 'from scratch'}, "
           f"{res.trainable_params:,} trainable parameters), loss {res.loss:.4f}; added {res.added or 'none'}, "
           f"adapted {res.adapted or 'none'}; checkpoint {res.checkpoint}")
+    for entry, machine in res.scoped.items():
+        n = sum(1 for e in res.routes.routes.values() if e == entry)
+        print(f"  task-scoped entry {entry!r} (a copy of the stem and head of {machine!r}): "
+              f"{n} instructions routed to it")
     return 0
