@@ -48,12 +48,20 @@ def make_batch(cfg, specs, B: int = 3, seed: int = 0, text: str = "pick up the r
     return out
 
 
-def build(cfg, specs, seed: int = 0) -> Generalist:
+def build(cfg, specs, seed: int = 0, linear: bool = True) -> Generalist:
+    """A materialized model; ``linear``: give the observation-linear paths random weights (they start at
+    zero), so tests that compare two ways of computing actions also compare that path."""
     with torch.device("meta"):
         model = Generalist(cfg, specs)
     model.to_empty(device="cpu")
     torch.manual_seed(seed)
     model.init_weights()
+    if linear:
+        with torch.no_grad():
+            for head in model.heads.values():
+                if head.obs_linear is not None:
+                    head.obs_linear.fc.weight.normal_(std=0.05)
+                    head.obs_linear.fc.bias.normal_(std=0.05)
     return model
 
 

@@ -146,3 +146,36 @@ def test_language_alone_separates_tasks_that_share_every_state():
     with torch.no_grad():
         means = {sign: model.sample_actions({"arm": b})["arm"].mean().item() for sign, b in batches.items()}
     assert means[1.0] > 0.5 and means[-1.0] < -0.5, means
+
+
+def test_observation_linear_path_starts_at_zero_and_adds_to_the_head(specs):
+    cfg = get_preset("debug")  # the L1 head
+    assert cfg.obs_linear
+    fresh = build(cfg, specs, linear=False)
+    plain = build(dataclasses.replace(cfg, obs_linear=False), specs, linear=False)
+    batch = make_batch(cfg, specs, B=3)
+    for b in batch.values():
+        b["observation.state_is_pad"][:] = False
+    for name, out in fresh.sample_actions(batch).items():  # zero at init: the model starts as without it
+        assert torch.equal(out, plain.sample_actions(batch)[name])
+    model = build(cfg, specs)  # random linear weights
+    with torch.no_grad():
+        for head in model.heads.values():  # the head itself outputs exactly zero
+            head.fc2.weight.zero_()
+            head.fc2.bias.zero_()
+    for name, out in model.sample_actions(batch).items():
+        lin = model.heads[name].obs_linear.fc
+        want = batch[name]["observation.state"].flatten(1) @ lin.weight.T + lin.bias
+        torch.testing.assert_close(out, want.view_as(out))
+        # the loss is the head's error on the residual: target = linear part -> zero loss for this embodiment
+        batch[name]["action"] = want.view_as(out).detach().clone()
+        batch[name]["action_is_pad"][:] = False
+    _, metrics = model.loss(batch)
+    assert all(metrics[f"loss/{n}"] < 1e-6 for n in specs)
+
+
+def test_old_configs_without_the_linear_path_still_build(specs):
+    cfg = dataclasses.replace(get_preset("debug"), obs_linear=False)  # checkpoints written before it existed
+    model = build(cfg, specs)
+    assert all(h.obs_linear is None for h in model.heads.values())
+    assert not any("obs_linear" in k for k in model.state_dict())

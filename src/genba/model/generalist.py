@@ -383,7 +383,10 @@ class Generalist(nn.Module):
         lin = self.heads[name].obs_linear
         if lin is None:
             return 0.0
-        return lin(b["observation.state"].to(dtype))  # (B, C, A)
+        state, is_pad = b["observation.state"].to(dtype), b["observation.state_is_pad"].bool()  # (B, H, obs), (B, H)
+        # padded frames (front) read as the first real one, whatever they hold, as the reader and policy pad
+        first = state[torch.arange(state.shape[0], device=state.device), is_pad.sum(1).clamp_max(state.shape[1] - 1)]
+        return lin(torch.where(is_pad.unsqueeze(-1), first.unsqueeze(1), state))  # (B, C, A)
 
     def max_expert_load(self) -> float:
         """Largest expert load over the mean load in the last forward, across MoE layers (1.0 = balanced)."""
