@@ -261,14 +261,17 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
     run_dir = Path(run_dir)
     parent_routes = bundle_routes(manifest, str(parent_dir))
     scoped, routes = {}, parent_routes if cfg.init == "pretrained" else None
+    added = []  # this run's route rows (lineage)
     if cfg.task_scoped and adapted:
         if replayed:
             raise FinetuneError("--replay with --scope tasks: the scoped fine-tune leaves every pretrained tensor "
                                 "unchanged, so rehearsal protects nothing; drop --replay or use --scope embodiment")
         scoped = scope_entries(dict(parent.specs), parent_routes, adapted, cfg.scope_tag or run_dir.name,
                                cfg.scope_tag is not None)
+        new_routes = routes_for(datasets, scoped)
+        added = new_routes.to_dict()["routes"]
         try:
-            routes = parent_routes.merge(routes_for(datasets, scoped))
+            routes = parent_routes.merge(new_routes)
         except TransformError as e:
             raise FinetuneError(f"route clash: {e} (to train that entry further: --scope embodiment)") from None
     parent_stats = bundle_stats(manifest, str(parent_dir))
@@ -291,7 +294,7 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
                   "scope": "tasks" if scoped else "embodiment",
                   "added_embodiments": [s.name for s in new_specs], "adapted_embodiments": adapted,
                   "scoped_entries": entries,
-                  "routes_added": [r for r in routes_for(datasets, scoped).to_dict()["routes"]] if scoped else [],
+                  "routes_added": added,
                   "stats": decisions, "trainable_params": n_train,
                   "total_params": sum(p.numel() for p in model.parameters())}
     access = lineage() if callable(lineage) else lineage
