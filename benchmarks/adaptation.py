@@ -10,8 +10,12 @@
    same number of episodes, so the pooled rate is the mean task success).
 3. New embodiment: the held-out machine (``--holdout dc``: DC-motor current and
    speed control; ``--holdout exdc``: the externally excited DC motor, in no
-   pretraining group, so any standard checkpoint can be ``--pretrained``) learned from a few episodes per task, frozen trunk vs scratch;
-   mean tracking error with a 95% normal interval over episodes, and success.
+   pretraining group, so any standard checkpoint can be ``--pretrained``)
+   learned from a few episodes per task, each ``--emb-modes`` entry vs scratch;
+   ``MODE+warm`` also warm-starts the new stem and head from a known machine
+   (``--emb-init-from``, ``--emb-channel-map``; exdc: from dc, ``i_a=i,u_a=u``).
+   Mean tracking error with a 95% normal interval over episodes, and success.
+   This stage runs first.
 4. Forgetting: the pretrained tasks' success before and after adaptation to
    the new tasks (``--forget-demos`` demonstrations, each ``--forget-modes``
    entry ``mode/scope``). Task-scoped frozen-trunk adaptation (the default for
@@ -50,6 +54,9 @@ NEW_TASKS = ("push-wall-v3", "push-back-v3", "coffee-push-v3", "sweep-into-v3", 
 # the standard mixture can serve as --pretrained; dc and jaco need a pretraining run without them.
 HOLDOUT_TASKS = {"dc": ("drive/dc-current", "drive/dc-speed"), "jaco": ("arm/jaco-reach", "arm/jaco-push"),
                  "exdc": ("drive/exdc-current",)}
+# ``MODE+warm`` embodiment runs start the held-out machine's stem and head from a known machine's
+# (``genba finetune --init-from``): the excited DC motor's armature is the permanent-magnet DC motor's
+WARM_START = {"exdc": ("dc", "i_a=i,u_a=u")}
 Z95 = 1.959963984540054
 
 
@@ -73,6 +80,9 @@ def parse_args() -> argparse.Namespace:
                          "auto: tasks with frozen-trunk")
     ap.add_argument("--forget-modes", default="frozen-trunk/tasks,lora/embodiment",
                     help="MODE/SCOPE runs whose forgetting is measured, comma-separated")
+    ap.add_argument("--emb-init-from", default=None,
+                    help="known machine that MODE+warm entries warm-start the held-out one from (exdc: dc)")
+    ap.add_argument("--emb-channel-map", default=None, help="NEW=SOURCE renames for the warm start (exdc: i_a=i,u_a=u)")
     ap.add_argument("--emb-modes", default="frozen-trunk,lora,full",
                     help="fine-tuning modes compared with scratch on the held-out machine, comma-separated")
     ap.add_argument("--steps", type=int, default=None, help="fine-tune (and scratch) steps per run (1000)")
@@ -94,9 +104,15 @@ def parse_args() -> argparse.Namespace:
     args.demos = [int(x) for x in str(args.demos).split(",")]
     args.emb_demos = [int(x) for x in str(args.emb_demos).split(",")]
     args.emb_modes = [m for m in args.emb_modes.split(",") if m]
-    bad = sorted(set(args.emb_modes) - {"frozen-trunk", "lora", "full"})
+    bad = sorted({m.removesuffix("+warm") for m in args.emb_modes} - {"frozen-trunk", "lora", "full"})
     if bad or not args.emb_modes:
-        ap.error(f"--emb-modes {args.emb_modes}: expected a subset of frozen-trunk, lora, full")
+        ap.error(f"--emb-modes {args.emb_modes}: expected a subset of frozen-trunk, lora, full, each optionally "
+                 "with +warm (warm start from --emb-init-from)")
+    warm = WARM_START.get(args.holdout, (None, None))
+    args.emb_init_from = args.emb_init_from or warm[0]
+    args.emb_channel_map = args.emb_channel_map if args.emb_channel_map is not None else warm[1]
+    if any(m.endswith("+warm") for m in args.emb_modes) and not args.emb_init_from:
+        ap.error(f"--emb-modes {args.emb_modes}: +warm needs --emb-init-from (no default for {args.holdout})")
     args.new_tasks = [f"metaworld/{t}" if "/" not in t else t for t in args.new_tasks.split(",")]
     args.forget_modes = [tuple(m.split("/")) for m in args.forget_modes.split(",") if m]
     bad = [m for m in args.forget_modes if len(m) != 2 or m[0] not in ("frozen-trunk", "lora", "full")
@@ -195,9 +211,14 @@ def adapt(args, parent: Path, data: Path, run: Path, mode: str, init: str, scope
     found = latest_checkpoint(run) if (run / "checkpoints").is_dir() else None
     if found is not None:
         return found
+    from genba.train.transfer import parse_channel_map
+
     tc = default_train_config().replace(steps=args.steps, batch_size=args.batch_size,
                                         log_every=max(1, args.steps // 10))
+    mode, warm = mode.removesuffix("+warm"), mode.endswith("+warm") and init == "pretrained"
     cfg = FinetuneConfig(mode=mode, init=init, scope=scope if init == "pretrained" else "embodiment",
+                         init_from=args.emb_init_from if warm else None,
+                         channel_map=parse_channel_map(args.emb_channel_map) if warm else (),
                          tensorboard=False, train=tc)
     t0 = time.perf_counter()
     res = finetune(parent, [data], run, cfg, progress=False)
@@ -403,14 +424,14 @@ def main() -> int:
     held_data = collect_cached(",".join(held_tasks), args.out / "data" / "holdout-all", max(args.emb_demos),
                                args.workers)[0]
 
-    log("stage 2: new tasks, fine-tune vs scratch")
     r = {"pretrained": str(parent), "new_tasks": args.new_tasks,
          "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    r["curves"] = curves(args, parent, new_data, args.new_tasks, "new-tasks", args.mode, args.demos,
-                         scope_of(args.mode, args.scope))
-    log(f"stage 3: new embodiment {args.holdout}, {' / '.join(args.emb_modes)} vs scratch")
+    log(f"stage 2: new embodiment {args.holdout}, {' / '.join(args.emb_modes)} vs scratch")
     r["embodiment"] = {mode: curves(args, parent, held_data, held_tasks, args.holdout, mode, args.emb_demos)
                        for mode in args.emb_modes}
+    log("stage 3: new tasks, fine-tune vs scratch")
+    r["curves"] = curves(args, parent, new_data, args.new_tasks, "new-tasks", args.mode, args.demos,
+                         scope_of(args.mode, args.scope))
     log("stage 4: forgetting")
     before = evaluated(args, parent, pre_task_ids.split(","))
     r["forgetting"] = forgetting(args, parent, new_data, pre_task_ids.split(","), before)

@@ -75,16 +75,19 @@ class _Norm:
         object.__setattr__(self, "keys", tuple(self.keys))
         object.__setattr__(self, "_consts", consts)
 
-    def _shift_scale(self, emb: str, key: str, x: Any) -> tuple[Any, Any]:
+    def affine(self, emb: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(shift, scale)`` of ``key`` for ``emb``: normalized = (raw - shift) / scale, per channel."""
         if (emb, key) not in self._consts:
             known = sorted({e for e, _ in self._consts})
             raise TransformError(f"no normalization stats for embodiment {emb!r} (have {known})")
         c = self._consts[emb, key]
         if self.mode == "mean_std":
-            shift, scale = c["mean"], c["std"]
-        else:
-            lo, hi = (c["min"], c["max"]) if self.mode == "min_max" else (c["q01"], c["q99"])
-            shift, scale = (lo + hi) / 2, (hi - lo) / 2
+            return c["mean"], c["std"]
+        lo, hi = (c["min"], c["max"]) if self.mode == "min_max" else (c["q01"], c["q99"])
+        return (lo + hi) / 2, (hi - lo) / 2
+
+    def _shift_scale(self, emb: str, key: str, x: Any) -> tuple[Any, Any]:
+        shift, scale = self.affine(emb, key)
         if x.shape[-1] != shift.shape[0]:
             raise TransformError(f"{key!r} of embodiment {emb!r} has last dim {x.shape[-1]}, "
                                  f"stats have {shift.shape[0]}")

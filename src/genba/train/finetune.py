@@ -74,6 +74,7 @@ import torch
 from genba.cli import CLIError
 from genba.train.finetune_data import (STATS_POLICIES, FinetuneError, build_data, choose_stats, open_data,
                                        plan_embodiments, read_spec_file, routed_entry, routes_for, scope_entries)
+from genba.train.transfer import parse_channel_map, plan_warm_start, warm_start
 
 MODES = ("frozen-trunk", "lora", "full")
 SCOPES = ("auto", "tasks", "embodiment")
@@ -91,6 +92,8 @@ class FinetuneConfig:
     replay_weight: float = 0.0  # share of samples drawn from --replay datasets
     scope: str = "auto"  # auto | tasks | embodiment (see the module docstring)
     scope_tag: str | None = None  # None: the run directory's name
+    init_from: str | None = None  # warm-start new machines' stems/heads from this known one (genba.train.transfer)
+    channel_map: tuple[tuple[str, str], ...] = ()  # (new, source) renames for init_from
     tensorboard: bool = True
     train: Any = None  # genba.train.config.TrainConfig; None: default_train_config()
 
@@ -109,6 +112,11 @@ class FinetuneConfig:
             raise FinetuneError(f"--scope tasks needs --mode frozen-trunk from a pretrained checkpoint (got mode "
                                 f"{self.mode!r}, init {self.init!r}): {self.mode} changes the shared trunk, so old "
                                 "tasks would move whatever the routes say; use --scope embodiment")
+        if self.init_from is not None and self.init == "scratch":
+            raise FinetuneError(f"--init-from {self.init_from} warm-starts from the pretrained checkpoint; it "
+                                "cannot be combined with --from-scratch")
+        if self.channel_map and self.init_from is None:
+            raise FinetuneError("--channel-map renames channels for --init-from; give --init-from MACHINE too")
         if not 0.0 <= self.replay_weight < 1.0:
             raise FinetuneError(f"--replay-weight must be in [0, 1), got {self.replay_weight}")
         if self.train is None:
@@ -242,7 +250,7 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
     and ``lineage`` are the governance seam, as for :func:`genba.train.trainer.train`.
     """
     from genba.device import default_device
-    from genba.data.transforms import TransformError
+    from genba.data.transforms import Normalize, TransformError
     from genba.model.bundle import bundle_routes, bundle_stats, load_model
     from genba.train.checkpoint import resolve_checkpoint
     from genba.train.trainer import merge_stats
@@ -286,8 +294,15 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
                                                       norm_mode)
         if progress:
             print(f"genba finetune: stats for {entry!r}: {decisions[entry]}")
+    matches = plan_warm_start(cfg, dict(parent.specs), new_specs, adapted)
     data = build_data(datasets, replayed, stats, norm_mode, cfg, parent.cfg, routes, entry_specs)
     model, n_train = adapt_model(parent, new_specs, cfg, list(data.specs), device, scoped)
+    for match in matches:
+        warm_start(model, match, Normalize(stats, mode=norm_mode))
+        if progress:
+            print(f"genba finetune: {match.target!r} warm-started from {match.source!r}: {len(match.obs)} "
+                  f"observation channels and actions {dict(match.action)} carried over; starting from zero: "
+                  f"{', '.join(match.unmatched_obs + match.unmatched_action) or 'none'}")
     run_dir.mkdir(parents=True, exist_ok=True)
     entries = {s.name: m for m, s in scoped.items()}
     adaptation = {"mode": "full" if cfg.init == "scratch" else cfg.mode, "init": cfg.init,
@@ -296,6 +311,7 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
                   "scoped_entries": entries,
                   "routes_added": added,
                   "stats": decisions, "trainable_params": n_train,
+                  "warm_start": [m.to_dict() | {"target": m.target} for m in matches],
                   "total_params": sum(p.numel() for p in model.parameters())}
     access = lineage() if callable(lineage) else lineage
     full_lineage = build_lineage(parent_dir, manifest, data, run_dir, cfg, adaptation, access)
@@ -381,6 +397,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "with --mode frozen-trunk, else embodiment")
     p.add_argument("--scope-tag", help="name tag of task-scoped entries, MACHINE__TAG (default: the --out dir name)")
     p.add_argument("--spec", type=Path, help="embodiment spec JSON replacing the datasets' own")
+    p.add_argument("--init-from", metavar="MACHINE",
+                   help="new embodiment: warm-start its stem and head from this known machine's, channel by "
+                        "channel (same names and units; see --channel-map)")
+    p.add_argument("--channel-map", metavar="NEW=SOURCE,...",
+                   help="renames for --init-from, e.g. i_a=i,u_a=u (also maps ref_i_a, err_i_a, ...)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps (default 500)")
     length.add_argument("--minutes", type=float, help="wall-time budget")
@@ -413,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
                                   "lr": args.lr, "seed": args.seed, "lang": args.lang}.items() if v is not None}
         cfg = FinetuneConfig(mode=args.mode, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, stats=args.stats,
                              init="scratch" if args.from_scratch else "pretrained", replay_weight=args.replay_weight,
-                             scope=args.scope, scope_tag=args.scope_tag,
+                             scope=args.scope, scope_tag=args.scope_tag, init_from=args.init_from,
+                             channel_map=parse_channel_map(args.channel_map),
                              train=default_train_config().replace(**over))
         spec = read_spec_file(args.spec) if args.spec else None
         # replay data is read too, so it is authorized (and audited) with the new data
