@@ -28,7 +28,8 @@ from genba.model.bundle import save_bundle
 from genba.model.config import get_preset
 from genba.model.generalist import Generalist
 from genba.serve.auth import TokenStore
-from genba.serve.server import PolicyServer, ServerConfig, build_app, load_backend
+from genba.serve.backends import load_backend
+from genba.serve.server import PolicyServer, ServerConfig, build_app
 
 TASKS = ("drive/pmsm-current", "drive/dc-current")
 

@@ -75,7 +75,8 @@ def test_collect_train_evaluate_serve(gantry, tmp_path, capsys):
     from fastapi.testclient import TestClient
 
     from genba.serve.auth import TokenStore
-    from genba.serve.server import PolicyServer, build_app, load_backend
+    from genba.serve.backends import load_backend
+    from genba.serve.server import PolicyServer, build_app
 
     tokens = tmp_path / "tokens.json"
     assert cli.main(["tokens", "--store", str(tokens), "add-org", "acme", "--embodiments", "gantry"]) == 0

@@ -22,7 +22,7 @@ COMMAND_MODULES = (
     "genba.train.commands",
     "genba.eval.commands",
     "genba.serve.commands",
-    "genba.train.plan",
+    "genba.train.plan_cli",
     "genba.train.finetune",
     "genba.demo",
 )

@@ -7,7 +7,7 @@ import pytest
 
 from genba.data.spec import EmbodimentSpec, SafetyLimits
 from genba.serve.auth import TokenStore
-from genba.serve.server import PolicyBackend
+from genba.serve.backends import PolicyBackend
 
 
 def toy_spec(name: str = "toy", dt: float = 0.01, **safety) -> EmbodimentSpec:

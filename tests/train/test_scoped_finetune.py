@@ -162,7 +162,7 @@ def test_lora_default_keeps_embodiment_scope(world, tmp_path):
 
 
 def test_scoped_checkpoint_serves(world, scoped):
-    from genba.serve.server import GenbaBackend
+    from genba.serve.backends import GenbaBackend
 
     be = GenbaBackend.load(str(scoped.checkpoint))
     assert set(be.specs) == {"toyarm"}

@@ -170,3 +170,9 @@ def limit_circle_d_first(u: np.ndarray, radius: float) -> np.ndarray:
     u_d = float(np.clip(u[0], -radius, radius))
     q_room = float(np.sqrt(max(radius * radius - u_d * u_d, 0.0)))
     return np.array([u_d, float(np.clip(u[1], -q_room, q_room))])
+
+
+def load_torque(ps) -> Callable[[float], float]:
+    """The static load torque of GEM physical system ``ps`` (zero for a speed-holding load)."""
+    params = getattr(ps.mechanical_load, "load_parameter", None) or {}
+    return polynomial_load(**{k: params.get(k, 0.0) for k in ("a", "b", "c")})

@@ -475,7 +475,6 @@ class BaselinePolicy(ChunkExecutor):
         self._frames: list[np.ndarray] = []  # per step (N, obs)
         self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, (N, C, A))
 
-
     @torch.inference_mode()
     def _predict(self) -> np.ndarray:
         H = self.history

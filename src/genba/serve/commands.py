@@ -74,7 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from genba.serve.auth import TokenStore
-    from genba.serve.server import PolicyServer, ServerConfig, build_app, load_backend, tls_options
+    from genba.serve.backends import load_backend
+    from genba.serve.server import PolicyServer, ServerConfig, build_app, tls_options
 
     if not args.tokens.exists():
         raise CLIError(f"--tokens {args.tokens}: no such token store; create one with `genba tokens add-org`")

@@ -50,9 +50,8 @@ Notable choices
 - ``gym_electric_motor`` (~6 s to import) is imported only when an env is
   built; the specs come from :data:`PMSM`/:data:`DC`'s copy of GEM's limits,
   which :func:`gem_limits` (and the tests) check against GEM.
-- GEM's random Wiener-process references are replaced by
-  :class:`ProfileReferenceGenerator`, which plays a step/ramp profile drawn from
-  the env's seeded ``np_random``: ``reset(seed=s)`` reproduces an episode exactly.
+- References: seeded step/ramp profiles (:mod:`genba.envs.drive_references`)
+  replace GEM's Wiener processes, so ``reset(seed=s)`` reproduces an episode.
 - Episodes have a fixed length; GEM's limit violation (current limit) ends an
   episode early as a failure. ``info["tracking_error"]`` is the per-step
   ``|ref - state|`` in normalized units averaged over the referenced
@@ -72,7 +71,8 @@ import numpy as np
 
 from genba.data.spec import EmbodimentSpec, SafetyLimits
 from genba.envs.drive_control import (DcCurrentController, DcParams, DqCurrentController, PmsmParams,
-                                      SpeedController, polynomial_load)
+                                      SpeedController, load_torque)
+from genba.envs.drive_references import ProfileReferenceGenerator, step_ramp_profile
 from genba.envs.registry import Task, register
 
 TAU = 1e-4  # GEM's control period for every continuous env used here (10 kHz)
@@ -80,87 +80,6 @@ CURRENT_OBS_BOUND = 4.0  # |normalized current/torque| reachable on the step tha
 ERR_OBS_BOUND = 1.0 + CURRENT_OBS_BOUND  # |reference - state|
 DREF_OBS_BOUND = 2.0  # |change of a reference in one period| (references stay within [-1, 1])
 _T32 = np.array([[1.0, 0.0], [-0.5, 0.5 * np.sqrt(3.0)], [-0.5, -0.5 * np.sqrt(3.0)]])
-
-
-# ---- references ------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _profile_generator_class() -> type:
-    """:class:`ProfileReferenceGenerator`'s class, built on first use (it subclasses GEM's)."""
-    from gym_electric_motor.core import ReferenceGenerator
-
-    class _ProfileReferenceGenerator(ReferenceGenerator):
-        """Plays a precomputed profile ``(T + 2, n_refs)`` of normalized references.
-
-        Row ``k`` is the reference scored after step ``k``; the observation after
-        step ``k`` shows row ``k + 1``. Set the profile before each ``env.reset``.
-        """
-
-        def __init__(self, reference_states: tuple[str, ...], bound: float = 1.0):
-            super().__init__()
-            self._reference_names = list(reference_states)
-            self.reference_space = gym.spaces.Box(-bound, bound, shape=(len(reference_states),), dtype=np.float64)
-            self._profile = np.zeros((2, len(reference_states)))
-            self._k = 0
-
-        def set_modules(self, physical_system):
-            super().set_modules(physical_system)
-            names = physical_system.state_names
-            self._idx = [names.index(n) for n in self._reference_names]
-            self._referenced_states = np.isin(np.arange(len(names)), self._idx)
-
-        def set_profile(self, profile: np.ndarray) -> None:
-            self._profile = np.asarray(profile, dtype=float)
-
-        def _row(self, k: int) -> np.ndarray:
-            return self._profile[min(k, len(self._profile) - 1)]
-
-        def _full(self, k: int) -> np.ndarray:
-            ref = np.zeros(len(self._referenced_states))
-            ref[self._idx] = self._row(k)
-            return ref
-
-        def get_reference(self, state, *_, **__):
-            self._k += 1  # GEM calls this exactly once per step, before the observation
-            return self._full(self._k)
-
-        def get_reference_observation(self, state, *_, **__):
-            return self._row(self._k + 1).copy()
-
-        def reset(self, initial_state=None, initial_reference=None):
-            self._k = 0
-            return self._full(0), self._row(1).copy(), None
-
-    return _ProfileReferenceGenerator
-
-
-def ProfileReferenceGenerator(reference_states: tuple[str, ...], bound: float = 1.0):  # noqa: N802 (a class)
-    """A GEM reference generator playing a precomputed profile (see ``_profile_generator_class``)."""
-    return _profile_generator_class()(reference_states, bound)
-
-
-def step_ramp_profile(rng: np.random.Generator, n: int, lo: float, hi: float, *, hold=(40, 120),
-                      ramp=(10, 60), p_step=0.5, max_jump=np.inf, max_slope=np.inf) -> np.ndarray:
-    """A 1-d reference of ``n`` samples: holds joined by steps and ramps, starting at 0.
-
-    A step towards a target farther than ``max_jump`` stops at 50-100% of
-    ``max_jump``; ramps last at least ``|change| / max_slope`` samples, so the
-    reference stays reachable for the drive.
-    """
-    out = [0.0] * int(rng.integers(5, 30))
-    cur = 0.0
-    while len(out) < n:
-        target = float(rng.uniform(lo, hi))
-        if rng.random() < p_step:
-            if abs(target - cur) > max_jump:
-                target = cur + float(np.sign(target - cur) * max_jump * rng.uniform(0.5, 1.0))
-            seg = []
-        else:
-            length = max(int(rng.integers(*ramp)), int(np.ceil(abs(target - cur) / max_slope)))
-            seg = list(np.linspace(cur, target, length + 1)[1:])
-        seg += [target] * int(rng.integers(*hold))
-        out += seg
-        cur = target
-    return np.asarray(out[:n])
 
 
 # ---- machines --------------------------------------------------------------
@@ -367,12 +286,6 @@ class _CascadeExpert:
         return self.speed(self.read.ref(obs, "omega"), omega, dw)
 
 
-def load_torque(ps) -> Callable[[float], float]:
-    """The static load torque of GEM physical system ``ps`` (zero for a speed-holding load)."""
-    params = getattr(ps.mechanical_load, "load_parameter", None) or {}
-    return polynomial_load(**{k: params.get(k, 0.0) for k in ("a", "b", "c")})
-
-
 class PmsmExpert(_CascadeExpert):
     """Field-oriented control: dq predictive current loops, cascaded speed loop (i_d = 0) in speed mode."""
 
@@ -539,12 +452,10 @@ DRIVE_TASKS = (
 # Safety limits on the command, per action axis, in normalized units per second
 # (and per s^2, s^3): the expert's largest first/second/third differences over
 # 50 seeded episodes of each task of the machine (seeds 1000-1049), times 1.25.
-# Measured with the static predictive experts: PMSM rate (1.41e4, 2.00e4), accel
-# (2.11e8, 2.00e8), jerk (3.52e12, 4.00e12) (u_sq swings the whole range in one
-# period when a speed step saturates the current demand); DC rate 3.95e3, accel
-# 5.61e7, jerk 9.56e11. A 10 kHz current loop legitimately swings most of the
-# voltage range in one period (the trivial bound is 2/tau = 2e4 per s), so for
-# the PMSM these limits bind little.
+# Measured with the static predictive experts: PMSM rate (1.41e4, 2.00e4), accel (2.11e8, 2.00e8),
+# jerk (3.52e12, 4.00e12) (u_sq swings the whole range in one period when a speed step saturates the
+# current demand); DC rate 3.95e3, accel 5.61e7, jerk 9.56e11. A 10 kHz current loop legitimately swings
+# most of the voltage range in one period (trivial bound 2/tau = 2e4 per s): for the PMSM these bind little.
 _SAFETY = {
     "pmsm": SafetyLimits(max_rate=(1.76e4, 2.5e4), max_accel=(2.64e8, 2.5e8), max_jerk=(4.4e12, 5.0e12)),
     "dc": SafetyLimits(max_rate=(4.94e3,), max_accel=(7.01e7,), max_jerk=(1.2e12,)),

@@ -44,9 +44,9 @@ import functools
 import numpy as np
 
 from genba.data.spec import EmbodimentSpec, SafetyLimits
-from genba.envs.drive_control import SpeedController, predictive_gain
-from genba.envs.embodiments.drives import (TAU, DriveEnv, DriveTask, Machine, _CascadeExpert, _ObsReader,
-                                           build_spec, load_torque, step_ramp_profile)
+from genba.envs.drive_control import SpeedController, load_torque, predictive_gain
+from genba.envs.drive_references import step_ramp_profile
+from genba.envs.embodiments.drives import TAU, DriveEnv, DriveTask, Machine, _CascadeExpert, _ObsReader, build_spec
 from genba.envs.registry import Task, register
 
 I_E_NOMINAL = 97.0  # A: GEM's nominal field (and armature) current for this motor
