@@ -39,7 +39,6 @@ Datasets and the pretrained run are cached under OUT and reused on a rerun.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time

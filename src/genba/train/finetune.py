@@ -311,7 +311,7 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
                   "scoped_entries": entries,
                   "routes_added": added,
                   "stats": decisions, "trainable_params": n_train,
-                  "warm_start": [m.to_dict() | {"target": m.target} for m in matches],
+                  "warm_start": [m.to_dict() for m in matches],
                   "total_params": sum(p.numel() for p in model.parameters())}
     access = lineage() if callable(lineage) else lineage
     full_lineage = build_lineage(parent_dir, manifest, data, run_dir, cfg, adaptation, access)

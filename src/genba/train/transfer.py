@@ -49,7 +49,7 @@ class ChannelMatch:
     unmatched_action: tuple[str, ...]
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "obs": dict(self.obs), "action": dict(self.action),
+        return {"target": self.target, "source": self.source, "obs": dict(self.obs), "action": dict(self.action),
                 "unmatched_obs": list(self.unmatched_obs), "unmatched_action": list(self.unmatched_action)}
 
 
