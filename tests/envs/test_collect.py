@@ -177,3 +177,63 @@ def test_cli_collect_rejects_bad_input(tmp_path, capsys):
     assert "mt10" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["collect", "--tasks", "mt10", "--episodes", "0", "--out", str(tmp_path)])
+
+
+# ---- DART: noisy execution, clean labels ---------------------------------------------
+def test_noise_records_clean_labels_on_perturbed_states(tmp_path):
+    from genba.envs.embodiments.jaco import JacoExpert
+
+    clean = open_dataset(C.collect(_cfg(tmp_path / "c", "arm/jaco-reach", episodes=2))["jaco"])
+    noisy = open_dataset(C.collect(_cfg(tmp_path / "n", "arm/jaco-reach", episodes=2, noise=0.2))["jaco"])
+    assert noisy.extra["collection"]["noise"] == 0.2
+    expert = JacoExpert("reach")
+    for ep in noisy.episodes:
+        c = clean.episodes[ep.episode_index]
+        assert ep.seed == c.seed  # same layouts, different trajectories
+        obs = noisy.observation[ep.start:ep.start + ep.length]
+        act = noisy.action[ep.start:ep.start + ep.length]
+        assert not np.allclose(obs[:20], clean.observation[c.start:c.start + 20], atol=1e-3)
+        expert.reset()  # each label is what the (stateful) expert says on the recorded states
+        np.testing.assert_allclose(np.stack([expert.act(o) for o in obs]), act, atol=1e-6)
+
+
+def test_noise_is_reproducible_and_per_selection(tmp_path, toys):
+    a = open_dataset(C.collect(_cfg(tmp_path / "a", toys, episodes=2, noise="toy/a=0.5"))["toy"])
+    b = open_dataset(C.collect(_cfg(tmp_path / "b", toys, episodes=2, noise="toy/a=0.5"))["toy"])
+    plain = open_dataset(C.collect(_cfg(tmp_path / "p", toys, episodes=2))["toy"])
+    np.testing.assert_array_equal(a.observation, b.observation)
+    rep = a.extra["collection"]["tasks"]
+    assert rep["toy/a"]["noise"] == 0.5 and rep["toy/b"]["noise"] == 0.0
+    on_a = [e for e in a.episodes if e.task_index == 0]
+    on_b = [e for e in a.episodes if e.task_index == 1]
+    rows = lambda ds, eps: np.concatenate([ds.observation[e.start:e.start + e.length] for e in eps])  # noqa: E731
+    assert not np.array_equal(rows(a, on_a), rows(plain, on_a))  # toy/a perturbed
+    np.testing.assert_array_equal(rows(a, on_b), rows(plain, on_b))  # toy/b untouched
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("-0.1", "outside"), ("1.5", "outside"), ("x", "not a number"), ("=0.1", "no task selection"),
+    ("0.1,toy/a=0.2", "every part"), ("arms=0.1", "none of the collected"), ("toy/a=0.1,toys=0.2", "both"),
+    ("nosuch=0.1", "unknown task"),
+])
+def test_bad_noise_is_refused_before_rollouts(tmp_path, toys, monkeypatch, bad, message):
+    monkeypatch.setattr(C, "run_rounds", lambda *a, **k: pytest.fail("rolled out before refusing"))
+    with pytest.raises(ValueError, match=message):
+        C.collect(_cfg(tmp_path, toys, episodes=1, noise=bad))
+
+
+def test_cli_collect_rejects_bad_noise(tmp_path, capsys):
+    from genba.cli import main
+
+    assert main(["collect", "--tasks", "arm/jaco-reach", "--episodes", "1", "--out", str(tmp_path),
+                 "--noise", "2"]) == 2
+    assert "noise" in capsys.readouterr().err
+
+
+def test_cli_collect_with_no_success_is_a_clear_error(tmp_path, toys, monkeypatch, capsys):
+    from genba.cli import main
+
+    monkeypatch.setattr(ToyExpert, "act", lambda self, obs: np.float32([-1.0, 0.0]))
+    assert main(["collect", "--tasks", "toy/a", "--episodes", "1", "--out", str(tmp_path), "--workers", "0"]) == 2
+    assert "no successful episode" in capsys.readouterr().err
+    assert not (tmp_path / "toy").exists()

@@ -11,6 +11,15 @@ round, up to ``max_attempts_factor * N``. Every failure is counted in the
 ``collection`` report in ``meta/genba.json``; a task that stays short is
 reported and kept with fewer episodes, never padded or hidden.
 
+``noise`` collects DART-style (Laskey et al., 2017): the executed action is
+the expert's plus Gaussian noise (std ``noise`` times each action's half
+range, clipped to the limits), while the recorded label stays the expert's
+clean action. The demonstrations then visit the states a clone drifts into and
+show the expert's correction there; the noise stream is seeded by the episode
+seed, so a collection stays reproducible. One level for every task (``0.2``)
+or one per selection (``"arms=0.2,drives=0.01"``: tasks not named get none):
+a drive's tracking threshold tolerates far less noise than an arm's task.
+
 Nothing is written until every rollout is done, and each dataset is written
 atomically (``genba.data.lerobot.write_dataset``): an interrupted collect
 leaves no dataset that looks complete.
@@ -51,14 +60,17 @@ class Rollout:
 
 
 def run_episode(task: registry.Task, env: Any, policy: Callable[[np.ndarray], np.ndarray], seed: int,
-                *, k: int = 0, record: bool = True) -> Rollout:
+                *, k: int = 0, record: bool = True, noise: float = 0.0) -> Rollout:
     """Roll ``policy`` out on ``env`` from ``seed`` following the task's stop rule.
 
     With ``task.stop_after_success = n`` the episode ends ``n`` steps after the
     first success and succeeds if success was ever reached; otherwise it runs to
-    ``max_steps`` (or termination) and succeeds if the last step does.
+    ``max_steps`` (or termination) and succeeds if the last step does. With
+    ``noise`` > 0 the env executes a perturbed action and the clean one is
+    recorded (see the module docstring).
     """
     obs, info = env.reset(seed=seed)
+    perturb = _perturbation(task, seed, noise)
     hold = task.stop_after_success
     obs_buf, act_buf, errs = [], [], []
     first_success: int | None = None
@@ -67,7 +79,7 @@ def run_episode(task: registry.Task, env: Any, policy: Callable[[np.ndarray], np
         if record:
             obs_buf.append(obs)
             act_buf.append(action)
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(perturb(action))
         if "tracking_error" in info:
             errs.append(float(info["tracking_error"]))
         if first_success is None and info["success"]:
@@ -83,6 +95,21 @@ def run_episode(task: registry.Task, env: Any, policy: Callable[[np.ndarray], np
     )
 
 
+def _perturbation(task: registry.Task, seed: int, noise: float) -> Callable[[np.ndarray], np.ndarray]:
+    """The executed-action map of one episode: identity, or seeded Gaussian noise clipped to the limits."""
+    if noise == 0.0:
+        return lambda action: action
+    low = np.asarray(task.spec.action_low, np.float64)  # finite: EmbodimentSpec enforces it
+    high = np.asarray(task.spec.action_high, np.float64)
+    std = noise * (high - low) / 2
+    rng = np.random.default_rng([seed, 0x0DA27])  # its own stream: the env's seeding is untouched
+
+    def perturb(action: np.ndarray) -> np.ndarray:
+        return np.clip(action + rng.normal(0.0, std), low, high).astype(np.float32)
+
+    return perturb
+
+
 # ---- worker processes ----------------------------------------------------------
 _ENVS: dict[str, tuple[Any, Any]] = {}  # per process: task id -> (env, expert)
 
@@ -96,14 +123,14 @@ def env_and_expert(task_id: str, seed: int) -> tuple[registry.Task, Any, Any]:
     return task, env, expert
 
 
-def expert_rollouts(item: tuple[str, list[tuple[int, int]], bool]) -> list[Rollout]:
-    """Worker job: ``(task_id, [(k, seed), ...], record)`` -> expert rollouts."""
-    task_id, attempts, record = item
+def expert_rollouts(item: tuple[str, list[tuple[int, int]], bool, float]) -> list[Rollout]:
+    """Worker job: ``(task_id, [(k, seed), ...], record, noise)`` -> expert rollouts."""
+    task_id, attempts, record, noise = item
     out = []
     for k, seed in attempts:
         task, env, expert = env_and_expert(task_id, seed)
         expert.reset()
-        out.append(run_episode(task, env, expert.act, seed, k=k, record=record))
+        out.append(run_episode(task, env, expert.act, seed, k=k, record=record, noise=noise))
     return out
 
 
@@ -150,10 +177,10 @@ def parallel_map(fn: Callable[[Any], Any], items: list, workers: int) -> Iterato
 
 
 def split_attempts(task_id: str, ks: list[int], seeds: list[int], record: bool,
-                   chunk: int) -> list[tuple[str, list[tuple[int, int]], bool]]:
+                   chunk: int, noise: float) -> list[tuple[str, list[tuple[int, int]], bool, float]]:
     """Cut one task's attempts into jobs of at most ``chunk`` episodes."""
     pairs = list(zip(ks, seeds))
-    return [(task_id, pairs[i:i + chunk], record) for i in range(0, len(pairs), chunk)]
+    return [(task_id, pairs[i:i + chunk], record, noise) for i in range(0, len(pairs), chunk)]
 
 
 def chunk_size(n_tasks: int, episodes: int, workers: int) -> int:
@@ -175,6 +202,7 @@ class CollectConfig:
     workers: int = 2
     seed: int = 0
     max_attempts_factor: float = 2.0
+    noise: str | float = "0"  # DART: "LEVEL" or "SELECTION=LEVEL,..." (fraction of each action's half range)
     overwrite: bool = False
     progress: bool = True
 
@@ -185,6 +213,46 @@ class CollectConfig:
             raise ValueError(f"max_attempts_factor must be >= 1, got {self.max_attempts_factor}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        parse_noise(self.noise)
+
+
+def parse_noise(text: str) -> list[tuple[str | None, float]]:
+    """``"0.2"`` -> ``[(None, 0.2)]``; ``"arms=0.2,drives=0.01"`` -> ``[("arms", 0.2), ("drives", 0.01)]``."""
+    out: list[tuple[str | None, float]] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        selection, sep, level = part.rpartition("=")
+        if sep and not selection.strip():
+            raise ValueError(f"noise {text!r}: {part!r} has no task selection before '='")
+        try:
+            value = float(level)
+        except ValueError:
+            raise ValueError(f"noise {text!r}: {level!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"noise {text!r}: {value} is outside [0, 1] (a fraction of the action half range)")
+        out.append((selection.strip() if sep else None, value))
+    if len(out) > 1 and any(sel is None for sel, _ in out):
+        raise ValueError(f"noise {text!r}: give one level, or SELECTION=LEVEL for every part")
+    return out
+
+
+def noise_levels(text: str, tasks: list[registry.Task]) -> dict[str, float]:
+    """Task id -> noise level for the collected ``tasks`` (a selection naming none of them is an error)."""
+    wanted = {t.id for t in tasks}
+    levels = {t.id: 0.0 for t in tasks}
+    named: dict[str, str] = {}
+    for selection, value in parse_noise(text):
+        try:
+            ids = wanted if selection is None else {t.id for t in registry.resolve(selection)}
+        except registry.UnknownTaskError as e:
+            raise ValueError(f"noise: {e}") from None
+        hit = ids & wanted
+        if not hit:
+            raise ValueError(f"noise: {selection!r} names none of the collected tasks")
+        for i in sorted(hit):
+            if i in named:
+                raise ValueError(f"noise: task {i} is named by both {named[i]!r} and {selection!r}")
+            named[i], levels[i] = str(selection), value
+    return levels
 
 
 @dataclass
@@ -192,6 +260,7 @@ class TaskLedger:
     """Attempts of one task so far."""
 
     task: registry.Task
+    noise: float = 0.0  # DART level of this task's rollouts
     next_k: int = 0
     kept: list[Rollout] = field(default_factory=list)
     failed: list[Rollout] = field(default_factory=list)
@@ -201,6 +270,7 @@ def collect(cfg: CollectConfig) -> dict[str, Path]:
     """Run the experts and write one dataset per embodiment; returns name -> path."""
     tasks = registry.resolve(cfg.tasks)
     _refuse_existing_outputs(cfg, tasks)
+    noise_levels(cfg.noise, tasks)  # a bad selection fails before minutes of rollouts
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     ledgers = run_rounds(tasks, cfg)
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
@@ -212,7 +282,8 @@ def collect(cfg: CollectConfig) -> dict[str, Path]:
 
 def run_rounds(tasks: list[registry.Task], cfg: CollectConfig) -> list[TaskLedger]:
     """Attempt rounds until every task has ``cfg.episodes`` successes or its attempt budget is spent."""
-    ledgers = {t.id: TaskLedger(t) for t in tasks}
+    noise = noise_levels(cfg.noise, tasks)
+    ledgers = {t.id: TaskLedger(t, noise[t.id]) for t in tasks}
     max_attempts = math.ceil(cfg.max_attempts_factor * cfg.episodes)
     chunk = chunk_size(len(tasks), cfg.episodes, cfg.workers)
     with progress_bar(cfg.progress, "collect") as bar, worker_pool(cfg.workers) as pmap:
@@ -225,7 +296,7 @@ def run_rounds(tasks: list[registry.Task], cfg: CollectConfig) -> list[TaskLedge
                 ks = list(range(led.next_k, led.next_k + want))
                 led.next_k += want
                 seeds = [train_seed(led.task.id, k, cfg.seed) for k in ks]
-                jobs += split_attempts(led.task.id, ks, seeds, True, chunk)
+                jobs += split_attempts(led.task.id, ks, seeds, True, chunk, led.noise)
             if not jobs:
                 break
             bar.submit(sum(len(j[1]) for j in jobs))
@@ -261,7 +332,8 @@ def collection_report(cfg: CollectConfig, ledgers: list[TaskLedger], *, wall_s: 
     for ti, led in enumerate(ledgers):
         attempted = len(led.kept) + len(led.failed)
         per_task[led.task.id] = {
-            "task_index": ti, "attempted": attempted, "kept": len(led.kept), "failed": len(led.failed),
+            "task_index": ti, "noise": led.noise, "attempted": attempted, "kept": len(led.kept),
+            "failed": len(led.failed),
             "short_by": cfg.episodes - len(led.kept),
             "kept_seeds": [r.seed for r in led.kept], "failed_seeds": [r.seed for r in led.failed],
         }
@@ -269,6 +341,7 @@ def collection_report(cfg: CollectConfig, ledgers: list[TaskLedger], *, wall_s: 
         "episodes_requested_per_task": cfg.episodes, "base_seed": cfg.seed,
         "seed_rule": "genba.envs.seeds.train_seed(task_id, k, base_seed)",
         "max_attempts_factor": cfg.max_attempts_factor, "workers": cfg.workers,
+        "noise": cfg.noise, "noise_rule": "executed = clip(expert + N(0, level * half range)); label = expert",
         "attempted": sum(t["attempted"] for t in per_task.values()),
         "kept": sum(t["kept"] for t in per_task.values()),
         "failed": sum(t["failed"] for t in per_task.values()),

@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed; episode seeds derive from (seed, task, k)")
     p.add_argument("--max-attempts-factor", type=float, default=2.0,
                    help="give up on a task after this many attempts per requested episode")
+    p.add_argument("--noise", type=str, default="0",
+                   help="DART: run the expert with Gaussian action noise (std as a fraction of each action's "
+                        "half range) and record its clean action: one LEVEL, or SELECTION=LEVEL,... per task "
+                        "or group (e.g. arms=0.2,drives=0.01); 0 (default) records plain demonstrations")
     p.add_argument("--overwrite", action="store_true", help="replace datasets that already exist")
     p.set_defaults(func=cmd_collect)
 
@@ -98,12 +102,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
     try:
         cfg = CollectConfig(tasks=args.tasks, out=args.out, episodes=args.episodes, workers=args.workers,
                             seed=args.seed, max_attempts_factor=args.max_attempts_factor,
-                            overwrite=args.overwrite)
+                            noise=args.noise, overwrite=args.overwrite)
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(f"--noise/--max-attempts-factor: {e}") from None
+    from genba.envs.collect import noise_levels
+
+    try:
+        noise_levels(cfg.noise, _resolve(args.tasks))
+    except ValueError as e:
+        raise CLIError(f"--noise: {e}") from None
     try:
         paths = collect(cfg)
-    except FileExistsError as e:
+    except (FileExistsError, RuntimeError) as e:  # an existing output; an embodiment with no success at all
         raise CLIError(str(e)) from None
     for name, path in paths.items():
         _print_summary(name, path)
