@@ -71,6 +71,32 @@ def test_cached_language_summary_matches(specs):
     assert all(torch.allclose(ref[n], out[n], atol=1e-6) for n in ref)
 
 
+def test_repeated_instructions_are_encoded_once_with_the_same_values_and_gradients(specs):
+    from genba.data.transforms import TokenizeInstruction
+
+    cfg = get_preset("debug")
+    model = build(cfg, specs)
+    tok = TokenizeInstruction(cfg.max_lang_len)
+    texts = ["open the drawer", "引き出しを開ける", "open the drawer", "push", "push", "open the drawer"]
+    samples = [tok({"instruction": t}) for t in texts]
+    tokens = torch.stack([torch.as_tensor(x["lang_tokens"]) for x in samples])  # (6, L)
+    mask = torch.stack([torch.as_tensor(x["lang_mask"]) for x in samples])
+    calls = []
+    hook = model.lang.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    shared = model.encode_language(tokens, mask)  # (6, S, D) from 3 encoder rows
+    hook.remove()
+    assert calls == [3]
+    weight = torch.randn_like(shared)
+    (shared * weight).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.lang.named_parameters()}
+    model.zero_grad()
+    each = model.lang(tokens, mask.bool())  # every row encoded on its own (the definition)
+    (each * weight).sum().backward()
+    torch.testing.assert_close(shared, each, atol=1e-6, rtol=1e-5)
+    for n, p in model.lang.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-6, rtol=1e-5, msg=lambda m: f"{n}: {m}")
+
+
 def test_instruction_changes_the_output_english_and_japanese(specs):
     cfg = get_preset("debug")
     model = build(cfg, specs)
