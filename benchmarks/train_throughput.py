@@ -2,7 +2,9 @@
 
 One process, one thread (as torchrun gives each rank), the trainer's own
 optimizer and step (forward, backward, clip, AdamW) on batches of the shapes
-training sees (three nominal embodiments mixed, or real datasets with --data).
+training sees (three nominal embodiments mixed; instructions drawn from a pool
+of ``--instructions`` distinct ones, 32 like the 16 tasks x 2 languages of the
+acceptance mix, since the model encodes each distinct instruction once).
 FLOPs per sample are counted by ``torch.utils.flop_counter`` on one training
 step (matmuls and attention, forward + backward) and compared with the usual
 ``6 * N_trunk * tokens`` estimate; achieved FLOP/s over the peak measured by
@@ -32,18 +34,25 @@ from genba.train.config import get_train_preset  # noqa: E402
 from genba.train.trainer import build_model, build_optimizer  # noqa: E402
 
 
-def synthetic_batch(cfg, specs, batch_size: int, seed: int = 0) -> dict:
-    """Normalized-looking inputs split evenly over the embodiments, instructions of ~40 bytes."""
+def synthetic_batch(cfg, specs, batch_size: int, seed: int = 0, instructions: int = 32) -> dict:
+    """Normalized-looking inputs split evenly over the embodiments; each embodiment draws its
+    instructions (20-60 bytes) from its share of a pool of ``instructions`` distinct ones."""
     g = torch.Generator().manual_seed(seed)
+    pool_g = torch.Generator().manual_seed(12345)  # the same pool in every batch, like a dataset's tasks
     names = sorted(specs)
+    L = cfg.max_lang_len
+    pool_mask = torch.arange(L)[None, :] < torch.randint(20, min(L, 60) + 1, (instructions, 1), generator=pool_g)
+    pool_tokens = torch.randint(1, 257, (instructions, L), generator=pool_g) * pool_mask
+    shares = torch.arange(instructions).chunk(len(names)) if instructions >= len(names) else \
+        [torch.arange(instructions)] * len(names)
     out = {}
     for i, name in enumerate(names):
         B = batch_size // len(names) + (1 if i < batch_size % len(names) else 0)
-        s, L = specs[name], cfg.max_lang_len
-        mask = torch.arange(L)[None, :] < torch.randint(20, min(L, 60) + 1, (B, 1), generator=g)
+        s = specs[name]
+        pick = shares[i][torch.randint(len(shares[i]), (B,), generator=g)]
         out[name] = {"observation.state": torch.randn(B, cfg.history, s.obs_dim, generator=g),
                      "observation.state_is_pad": torch.zeros(B, cfg.history, dtype=torch.bool),
-                     "lang_tokens": torch.randint(1, 257, (B, L), generator=g) * mask, "lang_mask": mask,
+                     "lang_tokens": pool_tokens[pick], "lang_mask": pool_mask[pick],
                      "action": torch.randn(B, cfg.chunk, s.action_dim, generator=g),
                      "action_is_pad": torch.zeros(B, cfg.chunk, dtype=torch.bool)}
     return out
@@ -63,13 +72,13 @@ def step_fn(model, optimizer, precision: str):
     return step
 
 
-def measure(preset: str, precision: str, batch_size: int, steps: int) -> dict:
+def measure(preset: str, precision: str, batch_size: int, steps: int, instructions: int = 32) -> dict:
     cfg, tcfg = get_preset(preset), get_train_preset("small").replace(model=preset)
     specs = nominal_specs()
     model = build_model(cfg, specs, torch.device("cpu"), seed=0)
     optimizer = build_optimizer(model, tcfg)
     step = step_fn(model, optimizer, precision)
-    batches = [synthetic_batch(cfg, specs, batch_size, seed=i) for i in range(4)]
+    batches = [synthetic_batch(cfg, specs, batch_size, seed=i, instructions=instructions) for i in range(4)]
     with FlopCounterMode(display=False) as fc:
         step(batches[0])
     flops_per_sample = fc.get_total_flops() / batch_size
@@ -93,13 +102,16 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--instructions", type=int, default=32, help="distinct instructions in the data (>= 1)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    if args.instructions < 1:
+        ap.error(f"--instructions must be >= 1, got {args.instructions}")
     torch.set_num_threads(1)
     peak = matmul_peak.measure(threads=1, seconds=0.5)
     rows = []
     for prec in args.precision:
-        r = measure(args.preset, prec, args.batch_size, args.steps)
+        r = measure(args.preset, prec, args.batch_size, args.steps, args.instructions)
         r["peak_gflops"] = peak[prec]["peak"]
         r["achieved_gflops"] = r["samples_per_s"] * r["flops_per_sample_counted"] / 1e9
         r["fraction_of_peak"] = r["achieved_gflops"] / r["peak_gflops"]
