@@ -8,7 +8,8 @@ embodiment, so a mixed batch is one trunk pass)::
 - Language: a tiny byte-level (UTF-8) transformer and attention pooling to S
   summary tokens, so English and Japanese instructions enter the same way and
   the per-step token count stays small; the summary can be computed once per
-  instruction and passed back as ``lang_summary`` (the policy caches it).
+  instruction and passed back as ``lang_summary`` (the policy caches it), and
+  in training each distinct instruction of a batch is encoded once.
 - Stem (per embodiment): an MLP from one observation frame to one token, a
   learned pad token for frames before the episode start, and the embodiment
   token. The control rate enters through sinusoidal features of log(fps), so an
