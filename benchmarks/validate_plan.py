@@ -24,11 +24,12 @@ from genba.train.config import get_train_preset
 
 
 def synthetic_batch(cfg, specs, B: int) -> dict:
+    """Full-length, all-distinct instructions: the planner's worst case (one encoder row per sample)."""
     g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(1, 257, (B, cfg.max_lang_len), generator=g)
     return {n: {"observation.state": torch.randn(B, cfg.history, s.obs_dim, generator=g),
                 "observation.state_is_pad": torch.zeros(B, cfg.history, dtype=torch.bool),
-                "lang_tokens": tokens.clone(), "lang_mask": torch.ones_like(tokens, dtype=torch.bool),
+                "lang_tokens": torch.randint(1, 257, (B, cfg.max_lang_len), generator=g),
+                "lang_mask": torch.ones(B, cfg.max_lang_len, dtype=torch.bool),
                 "action": torch.randn(B, cfg.chunk, s.action_dim, generator=g),
                 "action_is_pad": torch.zeros(B, cfg.chunk, dtype=torch.bool)} for n, s in specs.items()}
 

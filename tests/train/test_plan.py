@@ -21,12 +21,13 @@ from genba.train.config import get_train_preset
 
 
 def synthetic_batch(cfg, specs, B: int, seed: int = 0) -> dict:
-    """A batch for every embodiment, with full-length instructions (the planner assumes L = max_lang_len)."""
+    """A batch for every embodiment with full-length, all-distinct instructions: the planner assumes
+    L = max_lang_len and one encoder row per sample (the worst case; training encodes repeats once)."""
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(1, 257, (B, cfg.max_lang_len), generator=g)
     return {n: {"observation.state": torch.randn(B, cfg.history, s.obs_dim, generator=g),
                 "observation.state_is_pad": torch.zeros(B, cfg.history, dtype=torch.bool),
-                "lang_tokens": tokens.clone(), "lang_mask": torch.ones_like(tokens, dtype=torch.bool),
+                "lang_tokens": torch.randint(1, 257, (B, cfg.max_lang_len), generator=g),
+                "lang_mask": torch.ones(B, cfg.max_lang_len, dtype=torch.bool),
                 "action": torch.randn(B, cfg.chunk, s.action_dim, generator=g),
                 "action_is_pad": torch.zeros(B, cfg.chunk, dtype=torch.bool)} for n, s in specs.items()}
 
