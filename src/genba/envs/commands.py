@@ -96,7 +96,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from genba.cli import CLIError
-    from genba.envs.collect import CollectConfig, collect
+    from genba.envs.collect import CollectConfig, collect, noise_levels
 
     _resolve(args.tasks)
     try:
@@ -105,8 +105,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
                             noise=args.noise, overwrite=args.overwrite)
     except ValueError as e:
         raise CLIError(f"--noise/--max-attempts-factor: {e}") from None
-    from genba.envs.collect import noise_levels
-
     try:
         noise_levels(cfg.noise, _resolve(args.tasks))
     except ValueError as e:
