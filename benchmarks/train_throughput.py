@@ -43,7 +43,9 @@ def synthetic_batch(cfg, specs, batch_size: int, seed: int = 0, instructions: in
     L = cfg.max_lang_len
     pool_mask = torch.arange(L)[None, :] < torch.randint(20, min(L, 60) + 1, (instructions, 1), generator=pool_g)
     pool_tokens = torch.randint(1, 257, (instructions, L), generator=pool_g) * pool_mask
-    shares = torch.arange(instructions).chunk(len(names)) if instructions >= len(names) else \
+    # tensor_split always gives len(names) parts (chunk can give fewer); with fewer instructions than
+    # embodiments every embodiment draws from the whole pool
+    shares = torch.arange(instructions).tensor_split(len(names)) if instructions >= len(names) else \
         [torch.arange(instructions)] * len(names)
     out = {}
     for i, name in enumerate(names):

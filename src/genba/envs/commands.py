@@ -98,7 +98,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from genba.cli import CLIError
     from genba.envs.collect import CollectConfig, collect, noise_levels
 
-    _resolve(args.tasks)
+    tasks = _resolve(args.tasks)
     try:
         cfg = CollectConfig(tasks=args.tasks, out=args.out, episodes=args.episodes, workers=args.workers,
                             seed=args.seed, max_attempts_factor=args.max_attempts_factor,
@@ -106,7 +106,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(f"--noise/--max-attempts-factor: {e}") from None
     try:
-        noise_levels(cfg.noise, _resolve(args.tasks))
+        noise_levels(cfg.noise, tasks)
     except ValueError as e:
         raise CLIError(f"--noise: {e}") from None
     try:
