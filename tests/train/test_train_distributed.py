@@ -83,3 +83,22 @@ def test_fsdp_checkpoint_loads_in_one_process(dist_runs, toy_data):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, ref[k], msg=k)
     assert len(optim.state) == len(list(model.parameters()))
+
+
+@pytest.mark.distributed
+def test_fsdp_weight_average_gathers_into_the_bundle(dist_runs, toy_data):
+    from safetensors.torch import load_file
+
+    from genba.train.ema import WeightEMA
+
+    found = ckpt.latest_checkpoint(dist_runs / "fsdp-ema")
+    cfg = get_train_preset("debug")
+    data = T.build_datasets(cfg, toy_data)
+    model = T.build_model(get_preset("debug"), data.specs, torch.device("cpu"), seed=123)
+    ema = WeightEMA(model, 0.6)
+    ckpt.load_checkpoint(found, model, T.build_optimizer(model, cfg), extra={"ema": ema.state_dict()})
+    bundle = load_file(str(found / "model.safetensors"))
+    for k, v in ema.shadow.items():  # the sharded averages, reassembled, are what rank 0 exported
+        torch.testing.assert_close(bundle[k], v, msg=k)
+    raw = model.state_dict()
+    assert any(not torch.allclose(raw[k], v) for k, v in ema.shadow.items())

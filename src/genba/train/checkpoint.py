@@ -152,13 +152,18 @@ def save_checkpoint(
     write_bundle: Callable[[Path, dict[str, torch.Tensor]], None],
     keep_last: int = 2,
     rank_state: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    export: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically and point ``latest`` at it (collective).
 
     ``write_bundle(dir, full_state_dict)`` writes ``model.safetensors`` and
     ``genba.json`` (rank 0 only). ``trainer_state`` must be JSON-able (step,
     schedule, sampler position); ``rank_state`` (default: RNG states) is saved
-    per rank with ``torch.save``.
+    per rank with ``torch.save``. ``extra`` (e.g. ``{"ema": shadow tensors}``)
+    is saved with the model and optimizer in the distributed checkpoint;
+    ``export`` (collective) maps the full model state to what the bundle holds
+    (the EMA weights instead of the raw ones).
     """
     root = Path(run_dir) / CKPT_DIR
     final = root / step_name(step)
@@ -170,9 +175,11 @@ def save_checkpoint(
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _quiet_single_process():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / TRAIN_STATE))
+        dcp.save({"model": model_sd, "optim": optim_sd, **(extra or {})}, checkpoint_id=str(tmp / TRAIN_STATE))
     torch.save(rank_state if rank_state is not None else rng_state(), tmp / TRAIN_STATE / f"rank-{_rank():05d}.pt")
     full = full_model_state(model)
+    if export is not None:
+        full = export(full)
     if _rank() == 0:
         write_bundle(tmp, full)
         state = dict(trainer_state, step=step)
@@ -244,13 +251,15 @@ def read_trainer_state(ckpt: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    ckpt: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+    ckpt: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Restore model (and optimizer) from ``ckpt/train_state`` in any layout (collective).
 
     Works for a plain single-process model as well as DDP/FSDP2-wrapped ones,
     whatever layout wrote the checkpoint. Returns ``(trainer_state, rank_state)``;
     ``rank_state`` is None when this rank has no saved state (world size changed).
+    ``extra`` (what ``save_checkpoint`` got as ``extra``) is loaded in place.
     """
     ckpt = Path(ckpt)
     trainer_state = read_trainer_state(ckpt)
@@ -260,7 +269,7 @@ def load_checkpoint(
         set_state_dict(model, optimizers=(), model_state_dict=model_sd, optim_state_dict={})
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        _dcp_load({"model": model_sd, "optim": optim_sd}, ckpt)
+        _dcp_load({"model": model_sd, "optim": optim_sd, **(extra or {})}, ckpt)
         set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     rank_file = ckpt / TRAIN_STATE / f"rank-{_rank():05d}.pt"
     rank_state = torch.load(rank_file, weights_only=False) if rank_file.is_file() else None

@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for init and data order")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--min-lr-ratio", type=float, help="the cosine schedule ends at lr times this")
+    p.add_argument("--ema-decay", type=float,
+                   help="export the weights' moving average with this decay, e.g. 0.999 (0: the raw weights)")
     p.add_argument("--lang", choices=("en", "ja", "mix"), help="instruction language drawn in training")
     p.add_argument("--dist", choices=("none", "ddp", "fsdp"), help="data parallelism under torchrun")
     p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (0: only at the end)")
@@ -151,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
 def _overrides(args: argparse.Namespace) -> dict:
     """Only the options the user gave replace preset fields."""
     table = {"steps": args.steps, "minutes": args.minutes, "precision": args.precision, "seed": args.seed,
-             "batch_size": args.batch_size, "lr": args.lr, "lang": args.lang, "dist": args.dist,
+             "batch_size": args.batch_size, "lr": args.lr, "min_lr_ratio": args.min_lr_ratio,
+             "ema_decay": args.ema_decay, "lang": args.lang, "dist": args.dist,
              "ckpt_every": args.ckpt_every, "tp": args.tp, "ep": args.ep}
     out = {k: v for k, v in table.items() if v is not None}
     if args.steps is not None:

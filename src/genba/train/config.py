@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # > 0: export the weights' moving average (genba.train.ema); 0 = the raw weights
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     seed: int = 0
     lang: str = "mix"  # instruction language the reader draws: en | ja | mix
@@ -62,6 +63,9 @@ class TrainConfig:
             raise TrainConfigError(f"train config {self.name!r}: minutes must be > 0, got {self.minutes}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise TrainConfigError(f"train config {self.name!r}: min_lr_ratio must be in [0, 1]")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise TrainConfigError(f"train config {self.name!r}: ema_decay must be in [0, 1) (0 = off), "
+                                   f"got {self.ema_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas) or len(self.betas) != 2:
             raise TrainConfigError(f"train config {self.name!r}: betas must be two numbers in [0, 1)")
         _choice(self, "precision", ("fp32", "bf16"))

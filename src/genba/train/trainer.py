@@ -5,7 +5,8 @@ the datasets (through a ``read_table`` hook the governance layer supplies), the
 model (meta device, then ``init_weights`` under the fixed seed), the wrapping
 (``parallelize``) and the optimizer; then a short loop runs AdamW with warmup +
 cosine decay, gradient clipping and optional bf16 autocast, logging and
-checkpointing atomically as it goes.
+checkpointing atomically as it goes. With ``ema_decay`` set, the exported
+weights are the moving average of the trained ones (:mod:`genba.train.ema`).
 
 Batches: the global batch of step ``s`` is draws ``[s*B, (s+1)*B)`` of the
 seeded mixed sampler (a pure function of the position, so a resumed run draws
@@ -36,6 +37,7 @@ from genba.model.config import ModelConfig, get_preset
 from genba.model.generalist import Generalist
 from genba.train import checkpoint as ckpt
 from genba.train.config import TrainConfig, TrainConfigError
+from genba.train.ema import WeightEMA
 from genba.train.monitor import Monitor
 from genba.train.parallelize import ParallelPlan, build_mesh, data_rank, parallelize
 
@@ -270,10 +272,11 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
     module = parallelize(model, plan, build_mesh(device))
     dp_rank, dp_size = data_rank(world.rank, world.world, plan)
     optimizer = build_optimizer(model, cfg)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     state = _State(total_steps=cfg.steps)
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    start = _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world)
+    start = _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world, ema)
     if world.main and not resume:
         _write_run_config(run_dir, cfg, data_dirs, weights)
     # flow-head noise: distinct per rank; a resumed rank continues its saved generator exactly
@@ -287,6 +290,11 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
 
     def write_bundle(directory: Path, full_sd: dict) -> None:
         _save_weights(directory, model_cfg, data, full_sd, cfg, lineage_full)
+
+    def save(step: int) -> Path:
+        return ckpt.save_checkpoint(run_dir, step, model, optimizer, state.to_dict(), write_bundle, cfg.keep_last,
+                                    extra={"ema": ema.state_dict()} if ema else None,
+                                    export=ema.full_state if ema else None)
 
     monitor = Monitor(run_dir, enabled=world.main, resume_step=state.step, total_steps=state.total_steps,
                       progress=progress)
@@ -314,6 +322,8 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
+            if ema is not None:
+                ema.update(state.step)
             state.elapsed = elapsed0 + time.perf_counter() - t0
             window.add(len(idx) * dp_size, metrics)
             if state.step % cfg.log_every == 0 or state.step == total:
@@ -322,12 +332,10 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
                 monitor.log(rec)
                 monitor.advance(state.step, total, rec["loss"], rec["samples_per_s"])
             if _ckpt_due(cfg, state, last_ckpt_time, world):
-                last_ckpt = ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.to_dict(), write_bundle,
-                                                 cfg.keep_last)
+                last_ckpt = save(state.step)
                 last_ckpt_time = time.perf_counter()
         if last_ckpt is None or last_ckpt.name != ckpt.step_name(state.step):
-            last_ckpt = ckpt.save_checkpoint(run_dir, state.step, model, optimizer, state.to_dict(), write_bundle,
-                                             cfg.keep_last)
+            last_ckpt = save(state.step)
         monitor.advance(state.step, state.step)
     finally:
         monitor.close()
@@ -335,7 +343,7 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
     return TrainResult(run_dir, last_ckpt, state.step, history[-1]["loss"] if history else float("nan"), sps, history)
 
 
-def _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world):
+def _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world, ema=None):
     """Restore from ``latest`` when resuming; returns (trainer_state, rank_state) or None."""
     ckpt.clean_partial(run_dir)
     if not resume:
@@ -349,7 +357,11 @@ def _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world):
     if saved and saved.get("model") != cfg.model:
         raise TrainConfigError(f"--resume: {run_dir} was trained with model preset {saved.get('model')!r}, "
                                f"not {cfg.model!r}")
-    trainer_state, rank_state = ckpt.load_checkpoint(found, model, optimizer)
+    if saved and bool(saved.get("ema_decay", 0.0)) != bool(cfg.ema_decay):
+        raise TrainConfigError(f"--resume: {run_dir} was trained with ema_decay {saved.get('ema_decay', 0.0)}, "
+                               f"this run asks for {cfg.ema_decay} (the weight average cannot be switched mid-run)")
+    trainer_state, rank_state = ckpt.load_checkpoint(found, model, optimizer,
+                                                     extra={"ema": ema.state_dict()} if ema else None)
     state.step = int(trainer_state["step"])
     state.total_steps = int(trainer_state.get("total_steps", cfg.steps))
     state.elapsed = float(trainer_state.get("elapsed", 0.0))
