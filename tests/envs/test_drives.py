@@ -173,6 +173,21 @@ def test_slope_channel_is_the_shown_references_change():
     assert np.abs(dref).max() > 0  # the profile did ramp or step within 300 periods
 
 
+def test_speed_task_shows_the_held_d_current_reference_but_scores_speed_only():
+    # field-oriented speed control holds i_d = 0: its reference and error are in the slots the current
+    # task uses (so the d-axis feedback a policy learns there applies), and only the speed is scored
+    env = D.make_drive_env("drive/pmsm-speed", seed=0)
+    obs, infos = rollout(env, lambda o: np.array([-0.05, 0.05], np.float32), seed=2, max_steps=40)
+    names = env.embodiment.obs_names
+    i_sd, ref, err = (obs[:, names.index(n)] for n in ("i_sd", "ref_i_sd", "err_i_sd"))
+    assert np.all(ref == 0.0) and np.abs(i_sd).max() > 0.01  # a wrong d voltage drives i_d off zero ...
+    np.testing.assert_allclose(err, -i_sd, atol=1e-7)  # ... and the error channel shows it
+    w, ref_w = obs[:, names.index("omega")], obs[:, names.index("ref_omega")]
+    np.testing.assert_allclose([i["tracking_error"] for i in infos[1:]], np.abs(ref_w[:-1] - w[1:]), atol=1e-6)
+    for name in ("ref_i_sq", "err_i_sq"):  # the q current is the speed loop's to choose: not shown
+        assert np.all(obs[:, names.index(name)] == 0.0)
+
+
 def test_dq_controller_holds_voltage_circle_with_d_priority():
     m = dc.PmsmParams(r_s=0.02, l_d=4e-4, l_q=1e-3, psi_p=0.07, p=3, j_total=0.04, tau=1e-4, u_max=150.0,
                       i_max=300.0)

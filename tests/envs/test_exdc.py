@@ -95,6 +95,10 @@ def test_speed_task_starts_with_the_field_on():
     names = env.embodiment.obs_names
     assert obs[names.index("speed_mode")] == 1.0
     assert obs[names.index("i_e")] * 210.0 == pytest.approx(X.I_E_NOMINAL, rel=1e-4)
+    # the held field current is the reference of the field channel (its error ~0 at the start)
+    assert obs[names.index("ref_i_e")] * 210.0 == pytest.approx(X.I_E_NOMINAL, rel=1e-6)
+    assert obs[names.index("err_i_e")] == pytest.approx(obs[names.index("ref_i_e")] - obs[names.index("i_e")])
+    assert obs[names.index("ref_i_a")] == 0.0 and obs[names.index("err_i_a")] == 0.0
 
 
 # ---- expert -----------------------------------------------------------------------------

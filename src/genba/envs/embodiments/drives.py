@@ -20,6 +20,17 @@ Notable choices
   drive's setpoint generator hands its speed controller for acceleration
   feed-forward) and a ``speed_mode`` flag (1 for speed tasks). The reference
   shown is the one the next step is scored against.
+- Held inner references (``DriveTask.held``): the PMSM speed task holds
+  ``i_d = 0`` (field-oriented control below base speed), so ``ref_i_sd = 0`` and
+  ``err_i_sd = -i_sd`` are shown there, though only the speed is scored. Why:
+  the expert keeps ``i_d`` within 0.0007 of zero, so with a blank slot no
+  speed-mode sample shows the d-axis feedback; a ``small`` policy then let
+  ``i_d`` drift to the current limit (traced: ``i_sd`` -0.85 -> -1.0, the
+  expert's ``u_sd`` +1.0, the policy's -0.1) and tripped in 22 of 30 episodes.
+  Shown in the slot the current task fills, the error carries the gain the
+  policy learns there: the same weights, shown it, finished 5 of 5 of those
+  failed episodes; retrained with it, 27 of 30 episodes succeeded. The q current stays blank: it is the speed loop's own
+  choice, which a policy must make, not read.
 - Why the error is its own channel: it is the signal the controller acts on
   (a drive's current controller exposes it), yet in the data it is a small
   difference of two large, nearly equal features (the expert keeps the state on
@@ -135,6 +146,7 @@ class DriveTask:
     threshold: float  # mean normalized tracking error for success
     instruction_en: str
     instruction_ja: str
+    held: tuple[tuple[str, float], ...] = ()  # inner references the task holds (state name, SI value)
 
     @property
     def speed_mode(self) -> bool:
@@ -229,6 +241,10 @@ class DriveEnv(gym.Env):
             refs[k] = value
             errs[k] = value - s[m.state_names.index(name)]  # the control error the expert's P term acts on
             drefs[k] = slope[j]
+        for name, value in self.task.held:  # a held inner reference: shown and its error, never scored
+            k, i = m.ref_slots.index(name), m.state_names.index(name)
+            refs[k] = value / self.limits[i]
+            errs[k] = refs[k] - s[i]
         parts += [refs, errs, drefs, [1.0 if self.task.speed_mode else 0.0]]
         obs = np.concatenate(parts).astype(np.float32)
         # only the step that trips a current limit can leave the bounds; GEM ends the episode there
@@ -438,7 +454,7 @@ DRIVE_TASKS = (
     DriveTask("drive/pmsm-speed", PMSM, "Cont-SC-PMSM-v0", _PMSM_SUPPLY, ("omega",),
               _pmsm_speed_profile, 800, 0.005,
               "Make the PMSM's rotor speed follow its reference.",
-              "PMSMの回転速度を指令値に追従させてください。"),
+              "PMSMの回転速度を指令値に追従させてください。", held=(("i_sd", 0.0),)),
     DriveTask("drive/dc-current", DC, "Cont-CC-PermExDc-v0", (), ("i",),
               _dc_current_profile, 300, 0.02,
               "Make the DC motor's armature current follow its reference.",

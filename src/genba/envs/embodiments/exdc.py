@@ -150,7 +150,8 @@ EXDC_TASKS = (
     DriveTask("drive/exdc-speed", EXDC, "Cont-SC-ExtExDc-v0", _FIELD_ON, ("omega",), _speed_profile, 800,
               0.001,
               "Make the separately excited DC motor's speed follow its reference, holding the field current.",
-              "界磁電流を一定に保ち、他励直流モータの回転速度を指令値に追従させてください。"),
+              "界磁電流を一定に保ち、他励直流モータの回転速度を指令値に追従させてください。",
+              held=(("i_e", I_E_NOMINAL),)),
 )
 
 # Safety limits on the command (normalized units per s, s^2, s^3 per action
