@@ -112,6 +112,64 @@ def aggregate(episodes: list[EpisodeResult]) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """Difference of mean task success, A minus B, on the same (task, seed) episodes."""
+
+    a: float
+    b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_not_better: float  # fraction of resamples with A - B <= 0
+    tasks: int
+    episodes: int
+
+
+def paired_difference(a: list[dict], b: list[dict], *, resamples: int = 10_000,
+                      seed: int = 0) -> PairedDifference:
+    """Paired, task-stratified bootstrap of the mean-over-tasks success difference.
+
+    ``a`` and ``b`` are episode records (``task``, ``seed``, ``success``) of two
+    evaluations on the same seeds. Each resample draws every task's episode
+    indices with replacement and applies the same draw to both policies, so a
+    seed that is hard for both cancels: the interval is the one for "A beats
+    B on this suite", narrower than comparing two Wilson intervals.
+    """
+    ka, kb = _episode_index(a, "A"), _episode_index(b, "B")
+    if ka.keys() != kb.keys():
+        only_a, only_b = sorted(ka.keys() - kb.keys()), sorted(kb.keys() - ka.keys())
+        raise ValueError(f"paired_difference: the evaluations differ in (task, seed): {len(only_a)} only in A "
+                         f"(e.g. {only_a[:2]}), {len(only_b)} only in B (e.g. {only_b[:2]}); "
+                         f"evaluate both on the same tasks, episodes and --seed-base")
+    tasks = sorted({t for t, _ in ka})
+    keys = {t: sorted(k for k in ka if k[0] == t) for t in tasks}
+    sa = [np.array([ka[k] for k in keys[t]]) for t in tasks]
+    sb = [np.array([kb[k] for k in keys[t]]) for t in tasks]
+    rng = np.random.default_rng(seed)
+    boots = np.zeros(resamples)
+    for x, y in zip(sa, sb):
+        idx = rng.integers(0, len(x), size=(resamples, len(x)))
+        boots += x[idx].mean(axis=1) - y[idx].mean(axis=1)
+    boots /= len(tasks)
+    ma, mb = float(np.mean([x.mean() for x in sa])), float(np.mean([y.mean() for y in sb]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return PairedDifference(a=ma, b=mb, diff=ma - mb, ci_low=float(lo), ci_high=float(hi),
+                            p_not_better=float(np.mean(boots <= 0.0)), tasks=len(tasks), episodes=len(ka))
+
+
+def _episode_index(episodes: list[dict], label: str) -> dict[tuple[str, int], float]:
+    out: dict[tuple[str, int], float] = {}
+    for e in episodes:
+        key = (str(e["task"]), int(e["seed"]))
+        if key in out:
+            raise ValueError(f"paired_difference: {label} has episode {key} twice")
+        out[key] = float(bool(e["success"]))
+    if not out:
+        raise ValueError(f"paired_difference: {label} has no episodes")
+    return out
+
+
 def count_violations(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> int:
     """Number of action components outside [low, high] (NaN counts as outside)."""
     a = np.asarray(action, dtype=np.float64)

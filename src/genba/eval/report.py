@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from genba.eval.metrics import EpisodeResult, aggregate
+from genba.eval.metrics import EpisodeResult, aggregate, paired_difference
 
 RESULTS_JSON, RESULTS_MD, SUCCESS_PNG = "results.json", "results.md", "success.png"
 
@@ -33,6 +33,23 @@ def build_results(episodes: list[EpisodeResult], config: dict[str, Any]) -> dict
         "embodiments": {k: s.to_dict() for k, s in agg["embodiments"].items()},
         "episodes": [e.to_dict() for e in episodes],
     }
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results document from evaluations of one policy run in parts (e.g. ``--tasks mt10`` and
+    ``--tasks drives,arms``); an episode (task, seed) in two parts is an error."""
+    if not parts:
+        raise ValueError("merge_results: no results to merge")
+    episodes, seen = [], set()
+    for i, r in enumerate(parts):
+        for d in r["episodes"]:
+            key = (d["task"], d["seed"])
+            if key in seen:
+                raise ValueError(f"merge_results: part {i} repeats episode {key}")
+            seen.add(key)
+            episodes.append(EpisodeResult(**d))
+    config = dict(parts[0]["config"], tasks=list(dict.fromkeys(e.task for e in episodes)), merged_from=len(parts))
+    return build_results(episodes, config)
 
 
 def write_report(out_dir: str | Path, episodes: list[EpisodeResult], config: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +103,24 @@ def comparison_markdown(named: dict[str, dict[str, Any]]) -> str:
                          + (f", err {s['mean_tracking_error']:.4f}" if s["mean_tracking_error"] is not None else ""))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{r['mean_task_success']:.3f}**" for r in named.values()) + " |")
+    lines += _paired_lines(named)
     return "\n".join(lines) + "\n"
+
+
+def _paired_lines(named: dict[str, dict[str, Any]]) -> list[str]:
+    """The first column against each other one evaluated on the same (task, seed) episodes."""
+    (first, ref), *others = named.items()
+    out = []
+    for name, r in others:
+        try:
+            d = paired_difference(ref["episodes"], r["episodes"])
+        except (KeyError, ValueError) as e:  # other seeds or tasks: the intervals above are all there is
+            out.append(f"\n{first} vs {name}: no paired figure ({e})")
+            continue
+        out.append(f"\n{first} minus {name}: {d.diff:+.3f} mean task success, paired bootstrap 95% "
+                   f"[{d.ci_low:+.3f}, {d.ci_high:+.3f}] over {d.episodes} shared episodes "
+                   f"({d.p_not_better:.0%} of resamples not better)")
+    return out
 
 
 # ---- plots --------------------------------------------------------------------------
