@@ -60,11 +60,15 @@ def test_merge_results_recomputes_the_summaries_and_refuses_overlap():
         merge_results([part1, part1])
     with pytest.raises(ValueError, match="no results"):
         merge_results([])
+    broken = dict(part2, episodes=[dict(part2["episodes"][0], colour="red")])
+    with pytest.raises(ValueError, match="part 1 has a malformed episode record"):
+        merge_results([part1, broken])
 
 
 def test_comparison_table_adds_the_paired_line_or_says_why_not():
     a, b = _results({"t1": [True] * 10}, "a"), _results({"t1": [True] * 8 + [False] * 2}, "b")
     table = comparison_markdown({"A": a, "B": b})
     assert "A minus B: +0.200 mean task success, paired bootstrap 95%" in table
+    assert "paired" not in comparison_markdown({"A": a})
     other = _results({"t9": [True]}, "c")
     assert "A vs C: no paired figure" in comparison_markdown({"A": a, "C": other})

@@ -47,7 +47,10 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             if key in seen:
                 raise ValueError(f"merge_results: part {i} repeats episode {key}")
             seen.add(key)
-            episodes.append(EpisodeResult(**d))
+            try:
+                episodes.append(EpisodeResult(**d))
+            except TypeError as e:
+                raise ValueError(f"merge_results: part {i} has a malformed episode record {d!r}: {e}") from None
     config = dict(parts[0]["config"], tasks=list(dict.fromkeys(e.task for e in episodes)), merged_from=len(parts))
     return build_results(episodes, config)
 
@@ -109,6 +112,8 @@ def comparison_markdown(named: dict[str, dict[str, Any]]) -> str:
 
 def _paired_lines(named: dict[str, dict[str, Any]]) -> list[str]:
     """The first column against each other one evaluated on the same (task, seed) episodes."""
+    if len(named) < 2:
+        return []
     (first, ref), *others = named.items()
     out = []
     for name, r in others:
