@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--names {args.names!r}: give two names")
     a, b = load_side(args.a), load_side(args.b)
     d = paired_difference(a["episodes"], b["episodes"])  # refuses unpaired evaluations with the reason
-    print(comparison_markdown({names[0]: a, names[1]: b}))
-    print(f"exact: {names[0]} {d.a:.4f}, {names[1]} {d.b:.4f}, difference {d.diff:+.4f} "
-          f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}], {d.p_not_better:.3f} of resamples not better")
+    print(comparison_markdown({names[0]: a, names[1]: b}, paired=False))
+    print(f"{names[0]} minus {names[1]}: {d.diff:+.4f} mean task success ({d.a:.4f} vs {d.b:.4f}), paired "
+          f"bootstrap 95% [{d.ci_low:+.4f}, {d.ci_high:+.4f}] over {d.episodes} shared episodes, "
+          f"{d.p_not_better:.3f} of resamples not better")
     return 0
 
 

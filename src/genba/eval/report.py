@@ -94,8 +94,9 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def comparison_markdown(named: dict[str, dict[str, Any]]) -> str:
-    """One table of success per task, a column per results document (e.g. expert vs model, en vs ja)."""
+def comparison_markdown(named: dict[str, dict[str, Any]], *, paired: bool = True) -> str:
+    """One table of success per task, a column per results document (e.g. expert vs model, en vs ja);
+    with ``paired``, a line per later column with its paired difference to the first."""
     tasks = list(dict.fromkeys(t for r in named.values() for t in r["tasks"]))
     lines = ["| task | " + " | ".join(named) + " |", "|---|" + "---|" * len(named)]
     for t in tasks:
@@ -106,7 +107,8 @@ def comparison_markdown(named: dict[str, dict[str, Any]]) -> str:
                          + (f", err {s['mean_tracking_error']:.4f}" if s["mean_tracking_error"] is not None else ""))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{r['mean_task_success']:.3f}**" for r in named.values()) + " |")
-    lines += _paired_lines(named)
+    if paired:
+        lines += _paired_lines(named)
     return "\n".join(lines) + "\n"
 
 

@@ -293,8 +293,7 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
 
     def save(step: int) -> Path:
         return ckpt.save_checkpoint(run_dir, step, model, optimizer, state.to_dict(), write_bundle, cfg.keep_last,
-                                    extra={"ema": ema.state_dict()} if ema else None,
-                                    export=ema.full_state if ema else None)
+                                    extra=_ema_extra(ema), export=ema.full_state if ema else None)
 
     monitor = Monitor(run_dir, enabled=world.main, resume_step=state.step, total_steps=state.total_steps,
                       progress=progress)
@@ -343,6 +342,11 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
     return TrainResult(run_dir, last_ckpt, state.step, history[-1]["loss"] if history else float("nan"), sps, history)
 
 
+def _ema_extra(ema: WeightEMA | None) -> dict | None:
+    """What the distributed checkpoint holds besides model and optimizer: the weight average, if any."""
+    return {"ema": ema.state_dict()} if ema is not None else None
+
+
 def _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world, ema=None):
     """Restore from ``latest`` when resuming; returns (trainer_state, rank_state) or None."""
     ckpt.clean_partial(run_dir)
@@ -360,8 +364,7 @@ def _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world, ema=None
     if saved and bool(saved.get("ema_decay", 0.0)) != bool(cfg.ema_decay):
         raise TrainConfigError(f"--resume: {run_dir} was trained with ema_decay {saved.get('ema_decay', 0.0)}, "
                                f"this run asks for {cfg.ema_decay} (the weight average cannot be switched mid-run)")
-    trainer_state, rank_state = ckpt.load_checkpoint(found, model, optimizer,
-                                                     extra={"ema": ema.state_dict()} if ema else None)
+    trainer_state, rank_state = ckpt.load_checkpoint(found, model, optimizer, extra=_ema_extra(ema))
     state.step = int(trainer_state["step"])
     state.total_steps = int(trainer_state.get("total_steps", cfg.steps))
     state.elapsed = float(trainer_state.get("elapsed", 0.0))

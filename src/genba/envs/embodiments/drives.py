@@ -29,8 +29,9 @@ Notable choices
   expert's ``u_sd`` +1.0, the policy's -0.1) and tripped in 22 of 30 episodes.
   Shown in the slot the current task fills, the error carries the gain the
   policy learns there: the same weights, shown it, finished 5 of 5 of those
-  failed episodes; retrained with it, 27 of 30 episodes succeeded. The q current stays blank: it is the speed loop's own
-  choice, which a policy must make, not read.
+  failed episodes; retrained with it, 27 of 30 episodes succeeded. The q
+  current stays blank: it is the speed loop's own choice, which a policy must
+  make, not read.
 - Why the error is its own channel: it is the signal the controller acts on
   (a drive's current controller exposes it), yet in the data it is a small
   difference of two large, nearly equal features (the expert keeps the state on
