@@ -210,6 +210,20 @@ def _features(spec: EmbodimentSpec) -> dict[str, dict[str, Any]]:
     return feats
 
 
+def feature_names(ft: Mapping[str, Any]) -> list[str] | None:
+    """A feature's per-entry names from ``info.json``, or None where it has none.
+
+    LeRobot writes a list; datasets converted from v2.1 often hold ``{"motors": [...]}``
+    (one list under one key), which is read the same way.
+    """
+    names = ft.get("names")
+    if isinstance(names, Mapping) and len(names) == 1:
+        names = next(iter(names.values()))
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
 def lerobot_fps(spec: EmbodimentSpec) -> int:
     """LeRobot's integer fps for a spec (the exact period goes to genba.json)."""
     return max(1, round(spec.fps))

@@ -5,8 +5,19 @@ a missing ``meta/info.json`` (an interrupted or foreign write), unparseable
 JSON, missing or unlisted data files, unreadable (truncated, corrupted) parquet,
 columns, dtypes or shapes that differ from ``info.json``'s features, nulls,
 episode ranges that disagree with the episodes parquet or the frames, task
-indices outside ``tasks.parquet``, and a ``genba.json`` spec whose dimensions
-or names differ from the features.
+indices outside ``tasks.parquet``, a ``genba.json`` spec whose dimensions
+or names differ from the features, an ``fps`` that disagrees with the spec's
+control period, and values no machine records: NaN or infinite in any float
+feature, or state and action values beyond the spec's plausible range
+(:func:`genba.data.spec.plausible_bounds`: ten limit spans outside a finite
+limit, 1e6 where the limit is infinite). A value error names the file, the
+episode and frame, and the column (feature, index and name). The checks are
+vectorized over the frames already in memory; they run on the governed
+(decrypted) path too, since they see what ``read_table`` returned.
+
+Features of dtype ``video`` (LeRobot's camera streams, stored under
+``videos/``, not in the data parquet) are listed in ``info.json`` but not
+loaded: genba's reader is state-only.
 
 Every parquet read goes through ``read_table(path) -> pyarrow.Table`` (data,
 episodes, tasks) so the governance layer can authorize, audit and decrypt each
@@ -28,8 +39,8 @@ import pyarrow.parquet as pq
 from genba.data import stats as S
 from genba.data.lerobot import (_ARROW_TYPES, _GENBA_KEYS, ACTION, CODEBASE_VERSION, EPISODES_PATH,
                                 GENBA_PATH, INFO_PATH, STATE, STATS_PATH, TASKS_PATH, DatasetError,
-                                EpisodeRange)
-from genba.data.spec import EmbodimentSpec, SpecError
+                                EpisodeRange, feature_names)
+from genba.data.spec import PLAUSIBLE_SPANS, EmbodimentSpec, SpecError, fps_mismatch, plausible_bounds
 
 ReadTable = Callable[[Path], pa.Table]
 _INFO_KEYS = ("codebase_version", "robot_type", "total_episodes", "total_frames", "total_tasks",
@@ -85,8 +96,19 @@ class Dataset:
         return self.tasks[task_index][lang]
 
 
-def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None) -> Dataset:
-    """Open the dataset at ``root``, validating it against its ``info.json``."""
+#: What the error for a missing ``meta/genba.json`` suggests (a plain or LeRobot-edited dataset).
+IMPORT_HINT = ("it holds the embodiment spec genba needs; a plain LeRobot v3 dataset (or a genba dataset "
+               "edited by LeRobot's tools, which drop this file) becomes trainable with `genba data "
+               "import-lerobot DIR --spec SPEC.json --out NEW_DIR` (`genba data draft-spec DIR` drafts SPEC.json)")
+
+
+def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None, *,
+                 genba: dict | None = None) -> Dataset:
+    """Open the dataset at ``root``, validating it against its ``info.json``.
+
+    ``genba`` stands in for ``meta/genba.json`` (the importer validates a
+    dataset with the file it is about to write).
+    """
     root = Path(root)
     reader = _Reader(read_table or pq.read_table)
     if not root.is_dir():
@@ -94,15 +116,18 @@ def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None) -
     info = _load_json(root, INFO_PATH, missing="the dataset is incomplete (an interrupted write?) "
                                                "or not a LeRobot v3 dataset")
     _check_info(root, info)
-    genba = _load_json(root, GENBA_PATH, missing="it holds the embodiment spec genba needs")
+    genba = _load_json(root, GENBA_PATH, missing=IMPORT_HINT) if genba is None else genba
     spec = _load_spec(root, genba)
-    features = info["features"]
-    _check_spec_features(root, spec, features)
+    check_rate(root, info, spec)
+    features = {k: ft for k, ft in info["features"].items() if ft["dtype"] != "video"}
+    check_spec_features(root, spec, features)
     tasks = _load_tasks(root, reader, genba, info)
     eps_table = _load_episodes(root, reader, info)
     files = _data_files(root, info, eps_table)
     cols = _load_frames(root, reader, files, features)
+    rows_per_file = cols["_rows_per_file"]
     episodes = _check_ranges(root, info, eps_table, files, cols, tasks, genba)
+    _check_values(files, rows_per_file, cols, features, spec)
     stats = _load_stats(root, spec)
     return Dataset(root=root, info=info, genba=genba, spec=spec, stats=stats, tasks=tasks,
                    episodes=episodes, observation=_as_matrix(cols[STATE]), action=_as_matrix(cols[ACTION]),
@@ -156,8 +181,11 @@ def _check_info(root: Path, info: dict) -> None:
     if not isinstance(feats, dict):
         raise DatasetError(f"{path}: 'features' must be an object")
     for name, ft in feats.items():
+        if isinstance(ft, dict) and ft.get("dtype") == "video":
+            continue  # a camera stream under videos/: not a parquet column
         if not isinstance(ft, dict) or ft.get("dtype") not in _ARROW_TYPES or not _is_shape(ft.get("shape")):
-            raise DatasetError(f"{path}: feature {name!r} needs a known dtype and a 1-D shape, got {ft!r}")
+            raise DatasetError(f"{path}: feature {name!r} needs a 1-D shape and a dtype genba reads "
+                               f"({', '.join(_ARROW_TYPES)}, or video), got {ft!r}")
     for name in (STATE, ACTION, "timestamp", "frame_index", "episode_index", "index", "task_index"):
         if name not in feats:
             raise DatasetError(f"{path}: feature {name!r} is missing")
@@ -174,14 +202,26 @@ def _load_spec(root: Path, genba: dict) -> EmbodimentSpec:
         raise DatasetError(f"{root / GENBA_PATH}: embodiment spec is invalid: {e}") from None
 
 
-def _check_spec_features(root: Path, spec: EmbodimentSpec, feats: dict) -> None:
+def check_spec_features(root: Path, spec: EmbodimentSpec, feats: dict) -> None:
+    """The spec's dims, dtype and names are those of ``info.json``'s state and action features."""
     for name, dim, names in ((STATE, spec.obs_dim, spec.obs_names), (ACTION, spec.action_dim, spec.action_names)):
         ft = feats[name]
         if ft["shape"] != [dim] or ft["dtype"] != "float32":
             raise DatasetError(f"{root / INFO_PATH}: feature {name!r} is {ft['dtype']}{ft['shape']} but the "
-                               f"spec {spec.name!r} in {GENBA_PATH} needs float32[{dim}]")
-        if ft.get("names") is not None and list(ft["names"]) != list(names):
-            raise DatasetError(f"{root / INFO_PATH}: names of {name!r} differ from the spec in {GENBA_PATH}")
+                               f"spec {spec.name!r} needs float32[{dim}]")
+        have = feature_names(ft)
+        if have is not None and have != list(names):
+            i = next(i for i, (a, b) in enumerate(zip(have, names)) if a != b)
+            raise DatasetError(f"{root / INFO_PATH}: {name}[{i}] is named {have[i]!r} but the spec {spec.name!r} "
+                               f"calls it {names[i]!r}")
+
+
+def check_rate(root: Path, info: dict, spec: EmbodimentSpec) -> None:
+    """``info.json``'s fps against the spec's control period (LeRobot's int fps, genba's exact period)."""
+    why = fps_mismatch(info["fps"], spec.control_period)
+    if why is not None:
+        raise DatasetError(f"{root / INFO_PATH}: {why} (spec {spec.name!r}); one of them was edited or the "
+                           "spec is not this dataset's")
 
 
 def _load_tasks(root: Path, reader: _Reader, genba: dict, info: dict) -> list[dict]:
@@ -290,6 +330,50 @@ def _check_columns(path: Path, table: pa.Table, feats: dict) -> None:
         if not ok:
             raise DatasetError(f"{path}: feature {name!r} has arrow type {typ}, but info.json "
                                f"says {ft['dtype']} shape {ft['shape']}")
+
+
+def _check_values(files: list, rows_per_file: np.ndarray, cols: dict[str, np.ndarray], feats: dict,
+                  spec: EmbodimentSpec) -> None:
+    """No NaN or infinity in any float feature; state and action inside the spec's plausible range."""
+    bounds = {STATE: plausible_bounds(spec.obs_low, spec.obs_high),
+              ACTION: plausible_bounds(spec.action_low, spec.action_high)}
+    for name, ft in feats.items():
+        if not ft["dtype"].startswith("float"):
+            continue
+        x = cols[name].reshape(len(cols[name]), -1)  # (N, D)
+        if name in bounds:  # one pass: NaN fails both comparisons, inf fails one
+            lo, hi = (b.astype(x.dtype) for b in bounds[name])
+            bad = ~((x >= lo) & (x <= hi))
+        else:
+            bad = ~np.isfinite(x)
+        if bad.any():
+            raise DatasetError(_bad_value_message(files, rows_per_file, cols, name, ft, x, bad,
+                                                  bounds.get(name), spec))
+
+
+def _bad_value_message(files, rows_per_file, cols, name, ft, x, bad, bounds, spec) -> str:
+    row = int(np.flatnonzero(bad.any(axis=1))[0])
+    j = int(np.flatnonzero(bad[row])[0])
+    path = files[int(np.searchsorted(np.cumsum(rows_per_file), row, side="right"))][0]
+    v = float(x[row, j])
+    where = f"{path}: episode {int(cols['episode_index'][row])}, frame {int(cols['frame_index'][row])}"
+    label = name
+    if bounds is not None or x.shape[1] > 1:
+        names = feature_names(ft) or list(spec.obs_names if name == STATE else spec.action_names)
+        label = f"{name}[{j}] ({names[j]!r})" if j < len(names) else f"{name}[{j}]"
+    n = int(bad.sum())
+    more = f" ({n} such values in {name})" if n > 1 else ""
+    if not np.isfinite(v):
+        return f"{where}: {label} is {_fmt(v)}{more}; fix or drop the episode before training"
+    lo, hi = float(bounds[0][j]), float(bounds[1][j])
+    low, high = (spec.obs_low, spec.obs_high) if name == STATE else (spec.action_low, spec.action_high)
+    return (f"{where}: {label} is {_fmt(v)}, outside the plausible range [{_fmt(lo)}, {_fmt(hi)}] (the spec "
+            f"{spec.name!r} limits it to [{_fmt(low[j])}, {_fmt(high[j])}]; values more than {PLAUSIBLE_SPANS:g} "
+            f"limit spans beyond are refused as corrupt or in the wrong units){more}")
+
+
+def _fmt(v: float) -> str:
+    return "NaN" if np.isnan(v) else f"{v:g}"
 
 
 def _as_matrix(x: np.ndarray) -> np.ndarray:

@@ -139,6 +139,70 @@ class EmbodimentSpec:
         return cls.from_dict(json.loads(text))
 
 
+# ---- comparing specs, and checking data against one ------------------------
+def diff_specs(a: EmbodimentSpec, b: EmbodimentSpec) -> list[str]:
+    """``"field: value in a vs value in b"`` for every field that differs (empty if equal).
+
+    Sequences of equal length are compared entry by entry (``action_high[1]: 1.0
+    vs 2.0``), so a conflict between two datasets names the axis at fault.
+    """
+    out: list[str] = []
+    _diff(out, "", dataclasses.asdict(a), dataclasses.asdict(b))
+    return out
+
+
+def _diff(out: list[str], prefix: str, a: Any, b: Any) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in a:
+            _diff(out, f"{prefix}{key}" if not prefix else f"{prefix}.{key}", a[key], b.get(key))
+    elif (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b) and a
+          and not isinstance(a[0], (tuple, list))):
+        out.extend(f"{prefix}[{i}]: {x!r} vs {y!r}" for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    elif a != b:
+        out.append(f"{prefix}: {a!r} vs {b!r}")
+
+
+#: How far outside a finite limit a recorded value may lie, in spans of the limit range, before it is
+#: refused as absurd rather than as a fault the data should show (overshoot, a sensor glitch). A unit error
+#: (mm recorded as m: x1000) or a corrupted cell (1e30) lands far beyond; a real excursion does not.
+PLAUSIBLE_SPANS = 10.0
+#: The bound on a side whose spec limit is infinite (an unbounded velocity, say).
+PLAUSIBLE_ABS = 1e6
+
+
+def plausible_bounds(low, high) -> tuple[Any, Any]:
+    """Per-entry ``(lo, hi)`` arrays beyond which a recorded value is absurd (see PLAUSIBLE_SPANS)."""
+    import numpy as np  # numpy is a dependency of the data layer; kept out of the spec's import path
+
+    lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    span = hi - lo
+    finite = np.isfinite(span)
+    margin = np.where(finite, PLAUSIBLE_SPANS * np.where(finite, span, 0.0), 0.0)
+    out_lo = np.where(finite, lo - margin, -PLAUSIBLE_ABS)
+    out_hi = np.where(finite, hi + margin, PLAUSIBLE_ABS)
+    return out_lo, out_hi
+
+
+#: Relative slack of the fps check, beyond the integer rounding LeRobot's int ``fps`` forces.
+FPS_REL_TOL = 1e-3
+
+
+def fps_mismatch(fps: Any, control_period: float) -> str | None:
+    """Why a dataset's ``fps`` and a spec's ``control_period`` disagree, or None if they agree.
+
+    LeRobot stores ``fps`` as an int, so genba writes ``round(1 / control_period)``;
+    they agree when ``|fps - 1/control_period|`` is at most that rounding (0.5 Hz)
+    or 0.1 % of the rate, whichever is larger.
+    """
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        return f"fps {fps!r} is not a positive number"
+    rate = 1.0 / control_period
+    if abs(fps - rate) <= max(0.5, FPS_REL_TOL * rate):
+        return None
+    return (f"fps {fps:g} (1/fps = {1.0 / fps:.6g} s) disagrees with the spec's control_period "
+            f"{control_period:.6g} s ({rate:.6g} Hz)")
+
+
 # ---- helpers -------------------------------------------------------------
 def _same_len(spec: str, kind: str, names: tuple, **others: tuple) -> None:
     for key, seq in others.items():

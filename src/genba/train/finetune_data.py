@@ -92,15 +92,17 @@ def open_data(dirs: Sequence[str | os.PathLike], spec_override=None, read_table:
 
 def plan_embodiments(parent_specs: dict, datasets: list, replay: list) -> tuple[list, list]:
     """(new specs, names of known embodiments adapted); refuse a known name with a different spec."""
+    from genba.data.spec import diff_specs
+
     new, adapted = {}, []
     for is_replay, ds in [(False, d) for d in datasets] + [(True, d) for d in replay]:
         name, spec = ds.embodiment, ds.spec
         if name in parent_specs:
             if spec != parent_specs[name]:
-                diff = [f.name for f in dataclasses.fields(spec)
-                        if getattr(spec, f.name) != getattr(parent_specs[name], f.name)]
-                raise FinetuneError(f"dataset {ds.root}: embodiment {name!r} differs from the checkpoint's spec in "
-                                    f"{diff}; a changed machine is a new embodiment: give its spec another name")
+                diff = "; ".join(diff_specs(parent_specs[name], spec))
+                raise FinetuneError(f"dataset {ds.root}: embodiment {name!r} differs from the checkpoint's spec "
+                                    f"(checkpoint vs data): {diff}; a changed machine is a new embodiment: give its "
+                                    "spec another name")
             if not is_replay and name not in adapted:
                 adapted.append(name)
         elif is_replay:
@@ -108,7 +110,8 @@ def plan_embodiments(parent_specs: dict, datasets: list, replay: list) -> tuple[
                                 "pretraining data")
         elif name in new and new[name] != spec:
             raise FinetuneError(f"dataset {ds.root}: embodiment {name!r} has a spec that differs from another "
-                                "--data dir of the same name")
+                                f"--data dir of the same name (that dir vs this one): "
+                                f"{'; '.join(diff_specs(new[name], spec))}")
         else:
             new[name] = spec
     return list(new.values()), adapted

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from genba.data.lerobot import open_dataset
 from genba.data.reader import MixedDataset, WindowDataset, mixed_sampler
+from genba.data.spec import diff_specs
 from genba.data.transforms import Normalize, TokenizeInstruction, compose
 from genba.device import autocast_dtype, default_device, distributed_backend
 from genba.model.bundle import save_bundle
@@ -87,11 +88,15 @@ def build_datasets(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], *, 
     model_cfg = model_cfg or get_preset(cfg.model)
     datasets = [open_dataset(d, read_table=read_table) for d in data_dirs]
     specs: dict = {}
+    first: dict = {}  # embodiment -> the dataset its spec came from
     for ds in datasets:
         if ds.embodiment in specs and specs[ds.embodiment] != ds.spec:
             raise TrainConfigError(f"dataset {ds.root} has embodiment {ds.embodiment!r} with a spec that differs "
-                                   "from an earlier dataset of the same embodiment")
+                                   f"from that of {first[ds.embodiment].root} (its value vs this one's): "
+                                   f"{'; '.join(diff_specs(specs[ds.embodiment], ds.spec))}; a changed "
+                                   "machine is a new embodiment: give its spec another name")
         specs[ds.embodiment] = ds.spec
+        first.setdefault(ds.embodiment, ds)
     stats = {emb: merge_stats([ds.stats for ds in datasets if ds.embodiment == emb]) for emb in specs}
     parts = [WindowDataset(ds, history=model_cfg.history, chunk=model_cfg.chunk, lang=cfg.lang, seed=cfg.seed)
              for ds in datasets]
