@@ -113,10 +113,10 @@ def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None, *
     reader = _Reader(read_table or pq.read_table)
     if not root.is_dir():
         raise DatasetError(f"dataset {root} does not exist or is not a directory")
-    info = _load_json(root, INFO_PATH, missing="the dataset is incomplete (an interrupted write?) "
+    info = load_json(root, INFO_PATH, missing="the dataset is incomplete (an interrupted write?) "
                                                "or not a LeRobot v3 dataset")
-    _check_info(root, info)
-    genba = _load_json(root, GENBA_PATH, missing=IMPORT_HINT) if genba is None else genba
+    check_info(root, info)
+    genba = load_json(root, GENBA_PATH, missing=IMPORT_HINT) if genba is None else genba
     spec = _load_spec(root, genba)
     check_rate(root, info, spec)
     features = {k: ft for k, ft in info["features"].items() if ft["dtype"] != "video"}
@@ -157,7 +157,7 @@ class _Reader:
         return table
 
 
-def _load_json(root: Path, rel: str, missing: str) -> dict:
+def load_json(root: Path, rel: str, missing: str) -> dict:
     path = root / rel
     if not path.is_file():
         raise DatasetError(f"{path}: missing; {missing}")
@@ -170,7 +170,7 @@ def _load_json(root: Path, rel: str, missing: str) -> dict:
     return d
 
 
-def _check_info(root: Path, info: dict) -> None:
+def check_info(root: Path, info: dict) -> None:
     path = root / INFO_PATH
     lacking = [k for k in _INFO_KEYS if k not in info]
     if lacking:
@@ -441,7 +441,7 @@ def _check_file_membership(where: Path, eps: dict, files: list, rows_per_file: n
 
 
 def _load_stats(root: Path, spec: EmbodimentSpec) -> S.Stats:
-    raw = _load_json(root, STATS_PATH, missing="the dataset has no statistics")
+    raw = load_json(root, STATS_PATH, missing="the dataset has no statistics")
     try:
         stats = S.stats_from_json(raw, source=str(root / STATS_PATH))
         S.check_stats(stats, {STATE: spec.obs_dim, ACTION: spec.action_dim}, source=str(root / STATS_PATH))
