@@ -77,6 +77,18 @@ def test_an_unbounded_observation_gets_an_absolute_bound():
     assert list(lo) == [-1e6, -1e6] and list(hi) == [1e6, 1e6]
 
 
+def test_genba_train_stops_with_the_error_instead_of_training_to_nan(toy_dataset, tmp_path, capsys):
+    from genba.cli import main
+
+    root, _ = toy_dataset
+    set_cell(root, ACTION, 20, 1, np.nan)  # episode 3, frame 7
+    rc = main(["train", "--preset", "debug", "--steps", "2", "--no-progress", "--data", str(root),
+               "--out", str(tmp_path / "run")])
+    assert rc == 2
+    assert "episode 3, frame 7: action[1] ('a1') is NaN" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_nan_in_an_extra_float_feature_is_refused(toy_dataset):
     root, _ = toy_dataset
     t = pq.read_table(root / DATA0)
@@ -119,7 +131,7 @@ def test_spec_control_period_disagreeing_with_fps_is_refused(toy_dataset):
 
 @pytest.mark.parametrize("fps, period, ok", [
     (80, 0.0125, True), (10000, 1e-4, True), (333, 1 / 333.333, True),  # LeRobot's fps is an int
-    (2, 0.4, True), (30, 0.0333, True), (3000, 0.000333, True),
+    (2, 0.4, True), (30, 0.0333, True), (3000, 0.000333, True), (1, 10.0, True),  # 0.1 Hz: LeRobot's floor
     (10, 0.0125, False), (79, 0.0125, False), (100, 0.0125, False), (30, 0.03, False),
 ])
 def test_fps_tolerance(fps, period, ok):

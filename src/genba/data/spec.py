@@ -190,14 +190,14 @@ FPS_REL_TOL = 1e-3
 def fps_mismatch(fps: Any, control_period: float) -> str | None:
     """Why a dataset's ``fps`` and a spec's ``control_period`` disagree, or None if they agree.
 
-    LeRobot stores ``fps`` as an int, so genba writes ``round(1 / control_period)``;
-    they agree when ``|fps - 1/control_period|`` is at most that rounding (0.5 Hz)
-    or 0.1 % of the rate, whichever is larger.
+    LeRobot stores ``fps`` as an int, so genba writes ``max(1, round(1 / control_period))``;
+    they agree when ``fps`` is that, or ``|fps - 1/control_period|`` is at most
+    the rounding (0.5 Hz) or 0.1 % of the rate, whichever is larger.
     """
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
         return f"fps {fps!r} is not a positive number"
     rate = 1.0 / control_period
-    if abs(fps - rate) <= max(0.5, FPS_REL_TOL * rate):
+    if fps == max(1, round(rate)) or abs(fps - rate) <= max(0.5, FPS_REL_TOL * rate):
         return None
     return (f"fps {fps:g} (1/fps = {1.0 / fps:.6g} s) disagrees with the spec's control_period "
             f"{control_period:.6g} s ({rate:.6g} Hz)")
