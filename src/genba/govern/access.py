@@ -27,6 +27,7 @@ from genba.govern.policy import PolicyEngine, Request
 from genba.govern.sites import load_claim, verify_claim
 from genba.govern.errors import ManifestError, SiteClaimError
 from genba.govern.signing import sha256_hex
+from genba.govern.witness import default_witness
 
 
 @dataclass
@@ -52,8 +53,11 @@ class GovernedAccess:
         self.consortium = Consortium(home if home is not None else default_home())
         self.principal, self.purpose, self.run_id, self.action = principal, purpose, run_id, action
         self.now = now
-        self.log = audit_mod.AuditLog(self.consortium.audit_path, public_key=self.consortium.public_key("audit"),
-                                      signing_key=self.consortium.private_key("audit"))
+        public = self.consortium.public_key("audit")
+        # The member's own witness: its reads are what it has seen of the log (party = its org).
+        self.log = audit_mod.AuditLog(self.consortium.audit_path, public_key=public,
+                                      signing_key=self.consortium.private_key("audit"),
+                                      witness=default_witness(public, principal.partition("/")[0] or principal))
         self.store = key_store or LocalKeyStore(self.consortium.keys_dir)
         claim = load_claim(site_claim) if isinstance(site_claim, (str, Path)) else site_claim
         try:

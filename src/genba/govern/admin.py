@@ -20,11 +20,15 @@ from genba.govern.encryption import write_encrypted
 from genba.govern.errors import ConsortiumError, GovernanceError
 from genba.govern.kms import KeyStore, LocalKeyStore
 from genba.govern.manifest import PURPOSES, Manifest, hash_files, retention_from_days, write_manifest
+from genba.govern.witness import default_witness
 
 
-def audit_log(consortium: Consortium) -> audit_mod.AuditLog:
-    return audit_mod.AuditLog(consortium.audit_path, public_key=consortium.public_key("audit"),
-                              signing_key=consortium.private_key("audit"))
+def audit_log(consortium: Consortium, party: str = "operator", *, signing: bool = True) -> audit_mod.AuditLog:
+    """The consortium's audit log as ``party`` sees it: checked against, and advancing, that party's witness."""
+    public = consortium.public_key("audit")
+    return audit_mod.AuditLog(consortium.audit_path, public_key=public,
+                              signing_key=consortium.private_key("audit") if signing else None,
+                              witness=default_witness(public, party))
 
 
 def _record(consortium: Consortium, event: dict) -> int:
