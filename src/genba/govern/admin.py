@@ -107,16 +107,26 @@ def grant(consortium: Consortium, *, owner: str, grantee: str, dataset: str, pur
     now = int(time.time())
     g = {"owner": owner, "grantee": grantee, "dataset": dataset, "purpose": purpose, "granted": now,
          "expires": None if expires_days is None else now + int(expires_days) * 86400}
-    grants = [x for x in consortium.grants()
+    grants = [x for x in _grants(consortium)
               if (x["owner"], x["grantee"], x["dataset"], x["purpose"]) != (owner, grantee, dataset, purpose)]
     consortium.write_grants(grants + [g])
     _record(consortium, {"kind": "grant", **g, "decision": "allow", "policy_ids": [], "reason": "granted by owner"})
     return g
 
 
+def _grants(consortium: Consortium) -> list[dict]:
+    """The signed grants; a forged file is refused and the refusal audited before it is raised."""
+    try:
+        return consortium.grants()
+    except ConsortiumError as e:
+        _record(consortium, {"kind": "registry", "decision": "deny", "policy_ids": ["registry-signature"],
+                             "reason": str(e)})
+        raise
+
+
 def revoke(consortium: Consortium, *, owner: str, grantee: str, dataset: str, purpose: str | None = None) -> int:
     """Remove matching grants; returns how many. Runs already holding data keep what they read."""
-    grants = consortium.grants()
+    grants = _grants(consortium)
     keep = [g for g in grants if not (g["owner"] == owner and g["grantee"] == grantee and g["dataset"] == dataset
                                       and (purpose is None or g["purpose"] == purpose))]
     removed = len(grants) - len(keep)
