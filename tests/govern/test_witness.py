@@ -194,3 +194,12 @@ def test_concurrent_appenders_with_their_witnesses_raise_no_false_alarm(world, c
     rc, text = verify(world, capsys)
     assert rc == 0, text
     assert f"{_size(world)} entries" in text
+
+
+def test_tail_deleted_behind_the_append_state_refuses_new_entries(world):
+    db = _db(world)
+    db.execute("DELETE FROM entries WHERE idx = (SELECT MAX(idx) FROM entries)")  # heads and state untouched
+    db.close()
+    with pytest.raises(AuditIntegrityError, match="append state") as e:
+        admin.grant(world.c, owner="a", grantee="b", dataset="a-ds", purpose="pretraining")
+    assert e.value.kind == "state"
