@@ -203,3 +203,14 @@ def test_tail_deleted_behind_the_append_state_refuses_new_entries(world):
     with pytest.raises(AuditIntegrityError, match="append state") as e:
         admin.grant(world.c, owner="a", grantee="b", dataset="a-ds", purpose="pretraining")
     assert e.value.kind == "state"
+
+
+def test_admin_verbs_change_nothing_on_a_truncated_log(world):
+    truncate(world, _size(world) - 1)
+    grants = (world.home / "grants.json").read_text()
+    with pytest.raises(AuditIntegrityError, match="witness 'operator'"):
+        admin.grant(world.c, owner="a", grantee="b", dataset="a-ds", purpose="pretraining")
+    assert (world.home / "grants.json").read_text() == grants, "the grant took effect without its audit entry"
+    with pytest.raises(AuditIntegrityError):
+        admin.shred(world.c, "a")
+    assert (world.home / "keys" / "a.kek").is_file()

@@ -1,7 +1,9 @@
 """Owner and consortium operations: ingest (encrypt + register), grant, revoke, shred.
 
 Every operation is recorded in the audit log, so the log shows not only who
-read what but also who allowed it and when a key was destroyed.
+read what but also who allowed it and when a key was destroyed. The log is
+checked (signed head, operator's witness) before an operation takes effect, so
+nothing changes that could not be recorded.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ def audit_log(consortium: Consortium, party: str = "operator", *, signing: bool 
                               witness=default_witness(public, party))
 
 
+def _check_log(consortium: Consortium) -> None:
+    """Before an operation takes effect: the log it will be recorded in is sound (signed, witnessed)."""
+    log = audit_log(consortium)
+    try:
+        log.observe()
+    finally:
+        log.close()
+
+
 def _record(consortium: Consortium, event: dict) -> int:
     log = audit_log(consortium)
     try:
@@ -53,6 +64,7 @@ def ingest(consortium: Consortium, src: str | Path, dest: str | Path, *, owner: 
     check_id("dataset", dataset_id)
     if dataset_id in consortium.datasets():
         raise ConsortiumError(f"dataset id {dataset_id!r} is already registered")
+    _check_log(consortium)
     store = key_store or LocalKeyStore(consortium.keys_dir)
     store.create_key(owner)
     tmp = dest.with_name(dest.name + ".ingest-tmp")
@@ -104,6 +116,7 @@ def grant(consortium: Consortium, *, owner: str, grantee: str, dataset: str, pur
             raise ConsortiumError(f"unknown dataset {dataset!r}; registered: {sorted(reg)}")
         if reg[dataset]["owner"] != owner:
             raise ConsortiumError(f"dataset {dataset!r} belongs to {reg[dataset]['owner']!r}, not {owner!r}")
+    _check_log(consortium)
     now = int(time.time())
     g = {"owner": owner, "grantee": grantee, "dataset": dataset, "purpose": purpose, "granted": now,
          "expires": None if expires_days is None else now + int(expires_days) * 86400}
@@ -133,6 +146,7 @@ def revoke(consortium: Consortium, *, owner: str, grantee: str, dataset: str, pu
     if not removed:
         raise ConsortiumError(f"no grant from {owner!r} to {grantee!r} on {dataset!r}"
                               + (f" for {purpose!r}" if purpose else "") + " to revoke")
+    _check_log(consortium)
     consortium.write_grants(keep)
     _record(consortium, {"kind": "revoke", "owner": owner, "grantee": grantee, "dataset": dataset,
                          "purpose": purpose, "removed": removed, "decision": "allow", "policy_ids": [],
@@ -143,6 +157,7 @@ def revoke(consortium: Consortium, *, owner: str, grantee: str, dataset: str, pu
 def shred(consortium: Consortium, owner: str, *, key_store: KeyStore | None = None) -> dict:
     """Crypto-shred: destroy ``owner``'s key-encryption key; every dataset of theirs becomes unreadable."""
     consortium.member(owner)
+    _check_log(consortium)
     store = key_store or LocalKeyStore(consortium.keys_dir)
     try:
         stone = store.shred(owner)

@@ -50,7 +50,8 @@ def parse_head(doc, source: str) -> dict:
         raise AuditIntegrityError(f"{source} is not a signed tree head: {why}", index=None, kind="bad-head")
 
     if not isinstance(doc, dict):
-        bad(f"expected a JSON object with tree_size, root, timestamp and signature, got {type(doc).__name__}")
+        kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(doc), "a number")
+        bad(f"expected a JSON object with tree_size, root, timestamp and signature, got {kind}")
     lacking = [k for k in ("tree_size", "root", "timestamp", "signature") if k not in doc]
     if lacking:
         bad(f"it lacks {', '.join(lacking)}")
