@@ -19,6 +19,7 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/governance_overhead.py [--repeats 5] 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--skip-epoch", action="store_true", help="time loads only")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="genba-govbench-"))
+    os.environ["GENBA_WITNESS_DIR"] = str(tmp / "witness")  # the throwaway log's witnesses go with it
     spec = build_spec()
     tasks = [{"en": f"task {i}", "ja": f"タスク {i}"} for i in range(10)]
     write_dataset(tmp / "plain", build_episodes(args.episodes, args.length), spec, tasks)

@@ -11,8 +11,8 @@ import pytest
 from genba.govern import admin, signing, sites
 from genba.govern.access import GovernedAccess
 from genba.govern.encryption import Decryptor
-from genba.govern.errors import (AccessDenied, FileHashMismatch, KeyShredded, ManifestError, SiteClaimError,
-                                 WrongOwnerKey)
+from genba.govern.errors import (AccessDenied, ConsortiumError, FileHashMismatch, KeyShredded, KeyUnavailable,
+                                 ManifestError, SiteClaimError, WrongOwnerKey)
 from genba.govern.kms import LocalKeyStore
 from govern_world import DATA_FILE
 
@@ -167,3 +167,65 @@ def test_tampered_grants_file_is_rejected(world):
     path.write_text(json.dumps(doc))
     with pytest.raises(Exception, match="registry signature"):
         world.access("b/bob")
+
+
+def _run_events(world, run_id: str) -> list[dict]:
+    log = admin.audit_log(world.c)
+    try:
+        return [e["event"] for e in log.entries() if e["event"].get("run_id") == run_id]
+    finally:
+        log.close()
+
+
+@pytest.mark.parametrize("name,key", [("grants.json", "grants"), ("sites.json", "sites")])
+def test_forged_registry_refusal_is_audited(world, name, key):
+    claim = world.claim()  # issued while the registry was intact
+    path = world.home / name
+    doc = json.loads(path.read_text())
+    if key == "grants":
+        doc[key].append({"owner": "a", "grantee": "b", "dataset": "*", "purpose": "pretraining",
+                         "granted": 0, "expires": None})
+    else:
+        doc[key][0]["jurisdiction"] = "US"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConsortiumError, match="registry signature"):
+        GovernedAccess(world.home, "b/bob", claim, "pretraining", "run-forged")
+    ev = world.last_event()
+    assert (ev["decision"], ev["policy_ids"], ev["principal"], ev["run_id"]) == \
+        ("deny", ["registry-signature"], "b/bob", "run-forged")
+    assert name in ev["reason"]
+
+
+def test_read_after_shred_is_refused_before_any_allow_is_logged(world):
+    admin.shred(world.c, "a")
+    acc = world.access("a/alice", run_id="after-shred")
+    with pytest.raises(KeyShredded, match="crypto-shredded"):
+        acc.authorize(world.ds("a-ds"))
+    events = _run_events(world, "after-shred")
+    assert [(e["decision"], e["policy_ids"]) for e in events] == [("deny", ["kms"])]
+    with pytest.raises(KeyShredded):  # a file read straight through the hook: still no allow
+        acc.read_table(world.ds("a-ds") / "meta" / "tasks.parquet")
+    assert all(e["decision"] == "deny" for e in _run_events(world, "after-shred"))
+
+
+def test_key_file_restored_after_shred_is_refused(world, tmp_path):
+    keys = world.home / "keys"
+    shutil.copyfile(keys / "a.kek", tmp_path / "a.kek.backup")
+    admin.shred(world.c, "a")
+    shutil.copyfile(tmp_path / "a.kek.backup", keys / "a.kek")  # the pre-shred backup comes back
+    acc = world.access("a/alice", run_id="restored")
+    with pytest.raises(KeyShredded, match="fingerprint"):
+        acc.read_table(world.ds("a-ds") / DATA_FILE)
+    assert [e["decision"] for e in _run_events(world, "restored")] == ["deny"]
+    # the same bytes under another owner's name are refused too (the tombstone holds the fingerprint)
+    with pytest.raises(KeyShredded, match="fingerprint"):
+        LocalKeyStore(keys).check("a")
+    shutil.copyfile(tmp_path / "a.kek.backup", keys / "c.kek")
+    with pytest.raises(KeyShredded, match="fingerprint"):
+        LocalKeyStore(keys).unwrap("c", "genba-kek-v1:" + signing.b64(b"\0" * 40))
+
+
+def test_malformed_tombstone_file_fails_closed(world):
+    (world.home / "keys" / "shredded.json").write_text("{broken")
+    with pytest.raises(KeyUnavailable, match="shredded.json"):
+        world.access("a/alice").read_table(world.ds("a-ds") / DATA_FILE)

@@ -86,3 +86,34 @@ def test_cli_refusals_are_clear_errors(governed, capsys):
     assert main(["data", "shred", "--owner", "acme", "--yes"]) == 0
     with pytest.raises(Exception, match="crypto-shredded"):
         GovernedAccess(None, "acme/ann", governed / "claim.json", "pretraining", "r").open(governed / "enc")
+
+
+def test_cli_train_after_shred_is_a_clear_error_and_logs_no_allow(governed, capsys, monkeypatch):
+    t = governed
+    assert main(["data", "shred", "--owner", "acme", "--yes"]) == 0
+    capsys.readouterr()
+    rc = main(["train", "--governed", "--principal", "acme/ann", "--site-claim", str(t / "claim.json"),
+               "--purpose", "pretraining", "--preset", "debug", "--data", str(t / "enc"), "--out",
+               str(t / "run-shredded"), "--steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "crypto-shredded" in err and "stopped before reading any data" in err
+    db = sqlite3.connect(t / "home" / "audit.sqlite")
+    events = [json.loads(b)["event"] for (b,) in db.execute("SELECT body FROM entries ORDER BY idx")]
+    db.close()
+    run = [e for e in events if e.get("run_id") == "run-shredded"]
+    assert [(e["decision"], e["policy_ids"]) for e in run] == [("deny", ["kms"])]
+
+
+def test_cli_train_refused_mid_read_is_a_clear_error(governed, capsys):
+    # the preflight authorizes the dataset; the altered data file is only met when the reader opens it
+    t = governed
+    data = next((t / "enc" / "data").rglob("*.parquet"))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    capsys.readouterr()
+    rc = main(["train", "--governed", "--principal", "acme/ann", "--site-claim", str(t / "claim.json"),
+               "--purpose", "pretraining", "--preset", "debug", "--data", str(t / "enc"), "--out",
+               str(t / "run-altered"), "--steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "swapped or altered" in err and data.name in err

@@ -1,8 +1,9 @@
 """The governed open: the only path by which consortium data reaches a reader or trainer.
 
 Order of checks (each refusal is audited and raised before any dataset content
-is read): site claim -> signed manifest -> Cedar decision (per dataset, cached)
--> per-file sha256 against the manifest -> key unwrap and decryption. The
+is read): site claim and signed registries -> signed manifest -> Cedar decision
+and owner key check (per dataset, cached) -> per-file sha256 against the
+manifest -> key check and decryption -> the file's allow entry. The
 reader's ``read_table`` hook (``genba.data.lerobot.open_dataset``) calls
 ``GovernedAccess.read_table`` for every Parquet file, so an epoch of training
 pays the governance cost once per file, never per sample.
@@ -20,13 +21,14 @@ import pyarrow.parquet as pq
 from genba.govern import audit as audit_mod
 from genba.govern.consortium import Consortium, default_home
 from genba.govern.encryption import Decryptor
-from genba.govern.errors import AccessDenied, FileHashMismatch, GovernanceError, KeyUnavailable, WrongOwnerKey
+from genba.govern.errors import (AccessDenied, ConsortiumError, FileHashMismatch, GovernanceError, KeyUnavailable,
+                                 ManifestError, SiteClaimError, WrongOwnerKey)
 from genba.govern.kms import KeyStore, LocalKeyStore
 from genba.govern.manifest import MANIFEST_PATH, Manifest, read_manifest
 from genba.govern.policy import PolicyEngine, Request
 from genba.govern.sites import load_claim, verify_claim
-from genba.govern.errors import ManifestError, SiteClaimError
 from genba.govern.signing import sha256_hex
+from genba.govern.witness import default_witness
 
 
 @dataclass
@@ -52,17 +54,28 @@ class GovernedAccess:
         self.consortium = Consortium(home if home is not None else default_home())
         self.principal, self.purpose, self.run_id, self.action = principal, purpose, run_id, action
         self.now = now
-        self.log = audit_mod.AuditLog(self.consortium.audit_path, public_key=self.consortium.public_key("audit"),
-                                      signing_key=self.consortium.private_key("audit"))
+        public = self.consortium.public_key("audit")
+        # The member's own witness: its reads are what it has seen of the log (party = its org).
+        self.log = audit_mod.AuditLog(self.consortium.audit_path, public_key=public,
+                                      signing_key=self.consortium.private_key("audit"),
+                                      witness=default_witness(public, principal.partition("/")[0] or principal))
         self.store = key_store or LocalKeyStore(self.consortium.keys_dir)
         claim = load_claim(site_claim) if isinstance(site_claim, (str, Path)) else site_claim
+        claimed_site = (claim.get("claim") or {}).get("site_id") if isinstance(claim, dict) else None
         try:
             self.site = verify_claim(self.consortium, claim, now=now)
         except SiteClaimError as e:
-            self._audit(None, decision="deny", policy_ids=["site-claim"], reason=str(e),
-                        site=(claim.get("claim") or {}).get("site_id") if isinstance(claim, dict) else None)
+            self._audit(None, decision="deny", policy_ids=["site-claim"], reason=str(e), site=claimed_site)
             raise
-        self.engine = PolicyEngine(self.consortium.members(), self.consortium.grants())
+        except ConsortiumError as e:  # sites.json fails its registry signature: no site can be trusted
+            self._audit(None, decision="deny", policy_ids=["registry-signature"], reason=str(e), site=claimed_site)
+            raise
+        try:
+            grants = self.consortium.grants()
+        except ConsortiumError as e:
+            self._audit(None, decision="deny", policy_ids=["registry-signature"], reason=str(e))
+            raise
+        self.engine = PolicyEngine(self.consortium.members(), grants)
         self._opened: dict[Path, _Opened] = {}
 
     # --- public API --------------------------------------------------------------
@@ -78,6 +91,8 @@ class GovernedAccess:
             raise
         decision = self.engine.decide(Request(self.principal, self.action, manifest, self.site, self.purpose,
                                               self.run_id, int(self.now or 0)))
+        if decision.allowed:  # a shredded (or missing) key is a refusal, decided before any allow is logged
+            self._check_key(manifest)
         idx = self._audit(manifest, decision="allow" if decision.allowed else "deny",
                           policy_ids=list(decision.policy_ids), reason=decision.reason)
         if not decision.allowed:
@@ -91,21 +106,28 @@ class GovernedAccess:
         return manifest
 
     def read_table(self, path: str | Path) -> pa.Table:
-        """The ``read_table`` hook: authorize the file's dataset, check its hash, audit, decrypt."""
+        """The ``read_table`` hook: authorize the file's dataset, check its hash and key, decrypt, audit.
+
+        The allow entry is written once the file has decrypted and before its
+        table is returned; any refusal on the way is one deny entry, never an
+        allow followed by a failure.
+        """
         path = Path(path).resolve()
         opened = self._opened_for(path)
         rel = path.relative_to(opened.root).as_posix()
         data = self._read_checked(opened, rel)
-        idx = self._audit(opened.manifest, decision="allow", policy_ids=["file-hash"], reason="file read",
-                          file=rel, sha256=opened.manifest.files[rel])
-        opened.audit_entries.append(idx)
-        opened.files[rel] = opened.manifest.files[rel]
+        self._check_key(opened.manifest, opened, rel)  # re-read per file: a shred during a run stops its next read
         try:
-            return opened.decryptor.read(data)
+            table = opened.decryptor.read(data)
         except (WrongOwnerKey, KeyUnavailable) as e:
             opened.audit_entries.append(self._audit(opened.manifest, decision="deny", policy_ids=["kms"],
                                                     reason=str(e), file=rel))
             raise
+        idx = self._audit(opened.manifest, decision="allow", policy_ids=["file-hash"], reason="file read",
+                          file=rel, sha256=opened.manifest.files[rel])
+        opened.audit_entries.append(idx)
+        opened.files[rel] = opened.manifest.files[rel]
+        return table
 
     def open(self, root: str | Path):
         """A ``genba.data`` Dataset whose every Parquet read goes through this access."""
@@ -170,6 +192,16 @@ class GovernedAccess:
         for rel in sorted(opened.manifest.files):
             if not rel.endswith(".parquet"):
                 self._read_checked(opened, rel)
+
+    def _check_key(self, manifest: Manifest, opened: _Opened | None = None, rel: str | None = None) -> None:
+        """The owner's KEK is usable now (not shredded, not restored after a shred), else one audited deny."""
+        try:
+            self.store.check(manifest.owner)
+        except KeyUnavailable as e:
+            idx = self._audit(manifest, decision="deny", policy_ids=["kms"], reason=str(e), file=rel)
+            if opened is not None:
+                opened.audit_entries.append(idx)
+            raise
 
     def _refuse_file(self, opened: _Opened, rel: str, message: str):
         self._audit(opened.manifest, decision="deny", policy_ids=["file-hash"], reason=message, file=rel)

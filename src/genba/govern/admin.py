@@ -1,7 +1,9 @@
 """Owner and consortium operations: ingest (encrypt + register), grant, revoke, shred.
 
 Every operation is recorded in the audit log, so the log shows not only who
-read what but also who allowed it and when a key was destroyed.
+read what but also who allowed it and when a key was destroyed. The log is
+checked (signed head, operator's witness) before an operation takes effect, so
+nothing changes that could not be recorded.
 """
 
 from __future__ import annotations
@@ -20,11 +22,24 @@ from genba.govern.encryption import write_encrypted
 from genba.govern.errors import ConsortiumError, GovernanceError
 from genba.govern.kms import KeyStore, LocalKeyStore
 from genba.govern.manifest import PURPOSES, Manifest, hash_files, retention_from_days, write_manifest
+from genba.govern.witness import default_witness
 
 
-def audit_log(consortium: Consortium) -> audit_mod.AuditLog:
-    return audit_mod.AuditLog(consortium.audit_path, public_key=consortium.public_key("audit"),
-                              signing_key=consortium.private_key("audit"))
+def audit_log(consortium: Consortium, party: str = "operator", *, signing: bool = True) -> audit_mod.AuditLog:
+    """The consortium's audit log as ``party`` sees it: checked against, and advancing, that party's witness."""
+    public = consortium.public_key("audit")
+    return audit_mod.AuditLog(consortium.audit_path, public_key=public,
+                              signing_key=consortium.private_key("audit") if signing else None,
+                              witness=default_witness(public, party))
+
+
+def _check_log(consortium: Consortium) -> None:
+    """Before an operation takes effect: the log it will be recorded in is sound (signed, witnessed)."""
+    log = audit_log(consortium)
+    try:
+        log.observe()
+    finally:
+        log.close()
 
 
 def _record(consortium: Consortium, event: dict) -> int:
@@ -49,6 +64,7 @@ def ingest(consortium: Consortium, src: str | Path, dest: str | Path, *, owner: 
     check_id("dataset", dataset_id)
     if dataset_id in consortium.datasets():
         raise ConsortiumError(f"dataset id {dataset_id!r} is already registered")
+    _check_log(consortium)
     store = key_store or LocalKeyStore(consortium.keys_dir)
     store.create_key(owner)
     tmp = dest.with_name(dest.name + ".ingest-tmp")
@@ -100,25 +116,37 @@ def grant(consortium: Consortium, *, owner: str, grantee: str, dataset: str, pur
             raise ConsortiumError(f"unknown dataset {dataset!r}; registered: {sorted(reg)}")
         if reg[dataset]["owner"] != owner:
             raise ConsortiumError(f"dataset {dataset!r} belongs to {reg[dataset]['owner']!r}, not {owner!r}")
+    _check_log(consortium)
     now = int(time.time())
     g = {"owner": owner, "grantee": grantee, "dataset": dataset, "purpose": purpose, "granted": now,
          "expires": None if expires_days is None else now + int(expires_days) * 86400}
-    grants = [x for x in consortium.grants()
+    grants = [x for x in _grants(consortium)
               if (x["owner"], x["grantee"], x["dataset"], x["purpose"]) != (owner, grantee, dataset, purpose)]
     consortium.write_grants(grants + [g])
     _record(consortium, {"kind": "grant", **g, "decision": "allow", "policy_ids": [], "reason": "granted by owner"})
     return g
 
 
+def _grants(consortium: Consortium) -> list[dict]:
+    """The signed grants; a forged file is refused and the refusal audited before it is raised."""
+    try:
+        return consortium.grants()
+    except ConsortiumError as e:
+        _record(consortium, {"kind": "registry", "decision": "deny", "policy_ids": ["registry-signature"],
+                             "reason": str(e)})
+        raise
+
+
 def revoke(consortium: Consortium, *, owner: str, grantee: str, dataset: str, purpose: str | None = None) -> int:
     """Remove matching grants; returns how many. Runs already holding data keep what they read."""
-    grants = consortium.grants()
+    grants = _grants(consortium)
     keep = [g for g in grants if not (g["owner"] == owner and g["grantee"] == grantee and g["dataset"] == dataset
                                       and (purpose is None or g["purpose"] == purpose))]
     removed = len(grants) - len(keep)
     if not removed:
         raise ConsortiumError(f"no grant from {owner!r} to {grantee!r} on {dataset!r}"
                               + (f" for {purpose!r}" if purpose else "") + " to revoke")
+    _check_log(consortium)
     consortium.write_grants(keep)
     _record(consortium, {"kind": "revoke", "owner": owner, "grantee": grantee, "dataset": dataset,
                          "purpose": purpose, "removed": removed, "decision": "allow", "policy_ids": [],
@@ -129,6 +157,7 @@ def revoke(consortium: Consortium, *, owner: str, grantee: str, dataset: str, pu
 def shred(consortium: Consortium, owner: str, *, key_store: KeyStore | None = None) -> dict:
     """Crypto-shred: destroy ``owner``'s key-encryption key; every dataset of theirs becomes unreadable."""
     consortium.member(owner)
+    _check_log(consortium)
     store = key_store or LocalKeyStore(consortium.keys_dir)
     try:
         stone = store.shred(owner)

@@ -17,6 +17,7 @@ from genba.govern.audit import AuditLog
 from genba.govern.consortium import Consortium, Member, default_home, init_consortium
 from genba.govern.errors import GovernanceError
 from genba.govern.manifest import CLASSIFICATIONS, PURPOSES
+from genba.govern.witness import WITNESS_ENV, Witness, default_witness, read_head_file
 
 
 def _home(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,14 @@ def _group(subparsers, name: str, help: str):
     sub = parser.add_subparsers(dest=f"{name}_verb", metavar="VERB")
     sub.required = True
     return sub
+
+
+def _witness_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--witness", type=Path, default=None,
+                        help=f"directory of the audit witnesses: the last signed head each party saw, kept outside "
+                             f"the home (default: ${WITNESS_ENV}, else ~/.local/state/genba/witness)")
+    parser.add_argument("--party", default="operator",
+                        help="whose witness this command advances: 'operator' or a member org (default operator)")
 
 
 def _consortium(args) -> Consortium:
@@ -121,17 +130,38 @@ def cmd_shred(args) -> int:
 
 
 # --- audit and lineage ----------------------------------------------------------------
-def _log(args) -> AuditLog:
+def _witness(args) -> Witness:
     c = _consortium(args)
+    return default_witness(c.public_key("audit"), getattr(args, "party", None) or "operator",
+                           getattr(args, "witness", None))
+
+
+def _log(args) -> AuditLog:
+    """The log, read-only, with the caller's witness; a missing log that a witness has seen was deleted."""
+    c = _consortium(args)
+    witness = _witness(args)
     if not c.audit_path.is_file():
+        seen = witness.records()
+        if seen:
+            s = seen[0]
+            raise CLIError(f"{c.audit_path} does not exist, but {s.label} saw a signed head of size "
+                           f"{s.head['tree_size']}: the audit log was deleted")
         raise CLIError(f"{c.audit_path} does not exist: nothing has been audited yet")
-    return AuditLog(c.audit_path, public_key=c.public_key("audit"))
+    return AuditLog(c.audit_path, public_key=c.public_key("audit"), witness=witness)
 
 
 def cmd_audit_verify(args) -> int:
-    against = json.loads(args.against.read_text()) if args.against else None
-    r = _log(args).verify(against)
+    against = read_head_file(args.against) if args.against else None
+    log = _log(args)
+    try:
+        r = log.verify(against)
+    finally:
+        log.close()
     msg = f"audit log OK: {r['tree_size']} entries, root {r['root'][:16]}, signed head verified"
+    if r["witnesses"]:
+        msg += "; consistent with witnesses: " + ", ".join(f"{w['party']} at {w['tree_size']}" for w in r["witnesses"])
+    else:
+        msg += f"; no witness in {log.witness.root} had seen this log (first use): this verify starts one"
     if against is not None:
         msg += f"; consistent with the earlier head of size {r['consistent_with']['tree_size']}"
     print(msg)
@@ -140,6 +170,7 @@ def cmd_audit_verify(args) -> int:
 
 def cmd_audit_show(args) -> int:
     log = _log(args)
+    head = log.observe()
     size = log.size()
     for e in log.entries(max(0, size - args.last)):
         ev = e["event"]
@@ -149,14 +180,16 @@ def cmd_audit_show(args) -> int:
         print(f"#{e['index']:<5} {ev.get('kind', ''):7} {ev.get('decision', ''):5} {who:16} {what}{extra} "
               f"site={ev.get('site') or '-'} purpose={ev.get('purpose') or '-'} "
               f"policy={','.join(ev.get('policy_ids') or []) or '-'}")
-    head = log.head()
+    log.close()
     if head:
         print(f"signed tree head: size {head['tree_size']} root {head['root']}")
     return 0
 
 
 def cmd_audit_head(args) -> int:
-    head = _log(args).head()
+    log = _log(args)
+    head = log.observe()  # never export a head that contradicts what a witness saw
+    log.close()
     if head is None:
         raise CLIError("the audit log is empty: no head to export")
     args.out.write_text(json.dumps(head, indent=2, sort_keys=True) + "\n")
@@ -168,7 +201,9 @@ def cmd_lineage(args) -> int:
     lin = lineage.read_checkpoint_lineage(args.checkpoint)
     print(lineage.format_lineage(lin))
     if args.verify:
-        problems = lineage.verify_lineage(lin, _log(args))
+        log = _log(args)
+        log.observe()
+        problems = lineage.verify_lineage(lin, log)
         if problems:
             raise CLIError("lineage does not verify against the audit log:\n  " + "\n  ".join(problems))
         print("lineage verified: every audit entry is proven included in the signed log")
@@ -232,22 +267,31 @@ def register(subparsers) -> None:
     p.add_argument("--yes", action="store_true", help="confirm the irreversible destruction")
     p.set_defaults(func=_guard(cmd_shred))
 
+    _register_audit(subparsers)
+
+
+def _register_audit(subparsers) -> None:
+    """``genba audit verify|show|head`` and ``genba lineage``: the verbs that read the log and advance a witness."""
     aud = _group(subparsers, "audit", "the tamper-evident audit log")
-    p = aud.add_parser("verify", help="recompute the Merkle log and check signed heads")
+    p = aud.add_parser("verify", help="recompute the Merkle log; check its signed head and every stored witness")
     _home(p)
+    _witness_args(p)
     p.add_argument("--against", type=Path, default=None, help="an earlier signed head (JSON) the log must extend")
     p.set_defaults(func=_guard(cmd_audit_verify))
     p = aud.add_parser("show", help="print the latest entries and the signed head")
     _home(p)
+    _witness_args(p)
     p.add_argument("--last", type=int, default=20, help="how many entries")
     p.set_defaults(func=_guard(cmd_audit_show))
     p = aud.add_parser("head", help="export the latest signed tree head for a monitor")
     _home(p)
+    _witness_args(p)
     p.add_argument("--out", type=Path, required=True, help="where to write HEAD.json")
     p.set_defaults(func=_guard(cmd_audit_head))
 
     p = subparsers.add_parser("lineage", help="print the data lineage recorded in a checkpoint")
     _home(p)
+    _witness_args(p)
     p.add_argument("checkpoint", type=Path, help="checkpoint directory (or its genba.json)")
     p.add_argument("--verify", action="store_true", help="prove each audit entry against the audit log")
     p.add_argument("--card", type=Path, default=None, help="also write a Markdown model card here")

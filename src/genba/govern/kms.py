@@ -33,6 +33,7 @@ class KeyStore(Protocol):
     """What the governance layer needs from a KMS (implement this for an HSM)."""
 
     def create_key(self, owner: str) -> None: ...
+    def check(self, owner: str) -> None: ...  # raise KeyShredded / KeyUnavailable unless the KEK is usable now
     def wrap(self, owner: str, data_key: bytes) -> str: ...
     def unwrap(self, owner: str, wrapped: str) -> bytes: ...
     def shred(self, owner: str) -> dict: ...
@@ -49,7 +50,17 @@ class LocalKeyStore:
 
     def _tombstones(self) -> dict:
         path = self.dir / "shredded.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            stones = json.loads(path.read_text())
+            why = "not an object of tombstones"
+        except (OSError, ValueError) as e:
+            stones, why = None, str(e)
+        if not isinstance(stones, dict) or not all(isinstance(v, dict) for v in stones.values()):
+            # It lists the destroyed keys: unreadable, any key might be one of them, so none is used.
+            raise KeyUnavailable(f"{path} is unreadable or malformed ({why}): no key is used until it is repaired")
+        return stones
 
     def has_key(self, owner: str) -> bool:
         return self._kek_path(owner).is_file()
@@ -65,16 +76,33 @@ class LocalKeyStore:
         with os.fdopen(fd, "wb") as f:
             f.write(AESGCM.generate_key(bit_length=256))
 
+    def check(self, owner: str) -> None:
+        """Raise KeyShredded or KeyUnavailable unless ``owner``'s KEK can be used now (before any read is allowed)."""
+        self._load(owner)
+
     def _load(self, owner: str) -> bytes:
-        # Read on every use (a few times per dataset) so a shred takes effect at once.
+        # Read on every use (a few times per dataset), tombstones too, so a shred takes effect at once and a
+        # key file that comes back from a backup stays dead: shredded.json holds every destroyed fingerprint.
+        stones = self._tombstones()
+        stone = stones.get(owner)
+        path = self._kek_path(owner)
         try:
-            return self._kek_path(owner).read_bytes()
+            key = path.read_bytes()
         except FileNotFoundError:
-            stone = self._tombstones().get(owner)
             if stone:
-                raise KeyShredded(f"the key of owner {owner!r} was crypto-shredded at {stone['at_iso']}: "
+                raise KeyShredded(f"the key of owner {owner!r} was crypto-shredded at {stone.get('at_iso')}: "
                                   "its data is unrecoverable") from None
             raise KeyUnavailable(f"no key-encryption key for owner {owner!r} in {self.dir}") from None
+        fingerprint = signing.sha256_hex(key)[:16]
+        for who, st in sorted(stones.items()):
+            if st.get("kek_fingerprint") == fingerprint:
+                raise KeyShredded(f"{path} holds the key of owner {who!r} (fingerprint {fingerprint}) that was "
+                                  f"crypto-shredded at {st.get('at_iso')}: a restored copy is refused")
+        if stone:
+            raise KeyShredded(f"the key of owner {owner!r} was crypto-shredded at {stone.get('at_iso')} (fingerprint "
+                              f"{stone.get('kek_fingerprint')}); the key file {path} that is present again "
+                              f"(fingerprint {fingerprint}) is refused")
+        return key
 
     def wrap(self, owner: str, data_key: bytes) -> str:
         nonce = os.urandom(12)
