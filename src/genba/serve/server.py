@@ -6,8 +6,9 @@ Notable features:
   server timing; ``POST /v1/reset``; ``POST /v1/estop`` and ``/v1/estop/reset``;
   ``GET /v1/health``; ``GET /v1/metadata`` (specs, model and lineage hashes);
   ``/v1/ws``: the same operations as msgpack frames. OpenAPI at ``/openapi.json``.
-* ``Authorization: Bearer <token>`` on every call but health: unknown or revoked
-  token -> 401, an embodiment not granted to the token's organization -> 403.
+* ``Authorization: Bearer <token>`` on every call but health (an HTTP bearer security
+  scheme in the document): unknown or revoked token -> 401, an embodiment not granted to
+  the token's organization -> 403.
 * Malformed requests (wrong shapes, types, NaN/inf, unknown embodiment,
   oversized bodies) get a 4xx naming the field and never reach the model.
 * A micro-batcher gathers requests for ``batch_window_s`` and makes one model
@@ -17,6 +18,8 @@ Notable features:
   session), with per-organization quotas (:mod:`genba.serve.sessions`): a latched session
   is never evicted and only an authorized reset releases it. Every action leaves through
   the shield.
+* The OpenAPI document is the contract (:mod:`genba.serve.api`): every status a route can
+  answer is documented with its body model, every error body is ``{"detail": str}``.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from typing import Any
 
 import msgpack
 import numpy as np
-from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Body, FastAPI, Request, Security, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from genba.data.spec import EmbodimentSpec
-from genba.serve.api import InferRequest, Observation, ServeError, SessionRequest
+from genba.serve.api import (EstopResponse, HealthResponse, InferRequest, InferResponse, MetadataResponse,
+                             Observation, ResetResponse, ServeError, SessionRequest, errors, infer_examples)
 from genba.serve.auth import Principal, TokenStore, bearer
 from genba.serve.backends import Backend
 from genba.serve.sessions import Session, SessionTable
@@ -142,6 +147,10 @@ class PolicyServer:
 
     async def infer(self, p: Principal, req: InferRequest) -> dict:
         spec = self.check_obs(p, req.obs)
+        if req.horizon is not None and req.horizon > self.backend.chunk:
+            # a silent shorter chunk would leave the client planning on actions it never got
+            raise ServeError(422, f"horizon {req.horizon} is above the model's action chunk of "
+                                  f"{self.backend.chunk}; ask for at most {self.backend.chunk} (or omit horizon)")
         if self.inflight >= self.cfg.max_inflight:
             self.refused += 1
             raise ServeError(503, f"server busy: {self.inflight} requests in flight (limit {self.cfg.max_inflight})")
@@ -290,10 +299,14 @@ def _validation_message(e: ValidationError | RequestValidationError) -> str:
 
 
 def build_app(server: PolicyServer) -> FastAPI:
-    """The FastAPI app around a :class:`PolicyServer`."""
+    """The FastAPI app around a :class:`PolicyServer`; its document lists every status each route answers."""
     app = FastAPI(title="genba policy server", version="1",
-                  description="Shielded action chunks for authorized machines. Bearer token on every call but health.")
+                  description="Shielded action chunks for authorized machines. Bearer token on every call but "
+                              "health. Every error body is {\"detail\": str}, naming the field or the limit.")
     app.state.server = server
+    # declared for the document (a bearer security scheme); the token is checked by the server itself
+    scheme = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="gbt_<id>_<secret>",
+                        description="a per-organization API token (`genba tokens issue ORG`)")
 
     @app.exception_handler(ServeError)
     async def _serve_error(_: Request, e: ServeError):
@@ -303,32 +316,36 @@ def build_app(server: PolicyServer) -> FastAPI:
     async def _bad_request(_: Request, e: RequestValidationError):
         return JSONResponse({"detail": _validation_message(e)}, status_code=422)
 
-    def principal(request: Request) -> Principal:
+    def principal(request: Request, _: HTTPAuthorizationCredentials | None = Security(scheme)) -> Principal:
         return server.principal(request.headers.get("authorization"))
 
-    @app.get(f"{API}/health")
+    @app.get(f"{API}/health", response_model=HealthResponse, responses=errors(413))
     async def health() -> dict:
         return server.health()
 
-    @app.get(f"{API}/metadata")
-    async def metadata(p: Principal = Depends(principal)) -> dict:
+    @app.get(f"{API}/metadata", response_model=MetadataResponse, responses=errors(401, 413))
+    async def metadata(p: Principal = Security(principal)) -> dict:
         return server.metadata(p)
 
-    @app.post(f"{API}/infer")
-    async def infer(req: InferRequest, p: Principal = Depends(principal)) -> dict:
+    @app.post(f"{API}/infer", response_model=InferResponse, responses=errors(400, 401, 403, 413, 422, 429, 503))
+    async def infer(req: InferRequest = Body(openapi_examples=infer_examples(server.backend.specs)),
+                    p: Principal = Security(principal)) -> dict:
         """Observation in, shielded action chunk (horizon, action_dim) out, with server timing in ms."""
         return await server.infer(p, req)
 
-    @app.post(f"{API}/reset")
-    async def reset(req: SessionRequest, p: Principal = Depends(principal)) -> dict:
+    @app.post(f"{API}/reset", response_model=ResetResponse, responses=errors(400, 401, 413, 422))
+    async def reset(req: SessionRequest, p: Principal = Security(principal)) -> dict:
+        """A new episode on the session: policy state and shield back to rest; a latch stays."""
         return await server.reset(p, req)
 
-    @app.post(f"{API}/estop")
-    async def estop(req: SessionRequest, p: Principal = Depends(principal)) -> dict:
+    @app.post(f"{API}/estop", response_model=EstopResponse, responses=errors(400, 401, 413, 422, 429, 503))
+    async def estop(req: SessionRequest, p: Principal = Security(principal)) -> dict:
+        """Latch the session's e-stop: every action ramps to the stop value and holds until an authorized reset."""
         return await server.estop(p, req)
 
-    @app.post(f"{API}/estop/reset")
-    async def estop_reset(req: SessionRequest, request: Request, p: Principal = Depends(principal)) -> dict:
+    @app.post(f"{API}/estop/reset", response_model=EstopResponse, responses=errors(400, 401, 403, 413, 422))
+    async def estop_reset(req: SessionRequest, request: Request, p: Principal = Security(principal)) -> dict:
+        """Release the latch; only organizations with can_reset_estop (403 for others, latched or not)."""
         return await server.estop_reset(p, req, bearer(request.headers.get("authorization")))
 
     @app.websocket(f"{API}/ws")
