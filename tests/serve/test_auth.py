@@ -31,3 +31,13 @@ def test_bad_operations_named(tmp_path):
     with pytest.raises(AuthError, match="organization name"):
         store.add_org("bad name!", [])
     assert bearer("Bearer abc") == "abc" and bearer("Basic abc") is None and bearer(None) is None
+
+
+def test_cli_org_session_quota(tmp_path, capsys):
+    from genba import cli
+
+    store = str(tmp_path / "t.json")
+    assert cli.main(["tokens", "--store", store, "add-org", "acme", "--embodiments", "toy", "--max-sessions", "8"]) == 0
+    assert TokenStore(store).orgs["acme"]["max_sessions"] == 8
+    assert cli.main(["tokens", "--store", store, "add-org", "acme", "--embodiments", "toy", "--max-sessions", "0"]) == 2
+    assert "max_sessions for 'acme' must be a positive integer" in capsys.readouterr().err

@@ -8,7 +8,8 @@ request and no security; constant-time comparison avoids timing leaks.
 
 Each organization is granted a set of embodiments; a token may only be used for
 those (403 otherwise). Revoked or unknown tokens authenticate as nobody (401).
-``can_reset_estop`` marks organizations whose tokens may clear a latched e-stop.
+``can_reset_estop`` marks organizations whose tokens may clear a latched e-stop;
+``max_sessions`` (optional) is the organization's session quota on the server.
 The store is a JSON file written atomically with mode 0600.
 """
 
@@ -42,6 +43,7 @@ class Principal:
     token_id: str
     embodiments: frozenset[str]
     can_reset_estop: bool
+    max_sessions: int | None = None  # the organization's session quota (None: the server's default)
 
     def allows(self, embodiment: str) -> bool:
         return embodiment in self.embodiments or "*" in self.embodiments
@@ -80,11 +82,17 @@ class TokenStore:
         os.replace(tmp, self.path)
 
     # ---- administration ------------------------------------------------
-    def add_org(self, org: str, embodiments: list[str] | tuple[str, ...], *, can_reset_estop: bool = False) -> None:
-        """Create or update an organization and its granted embodiments."""
+    def add_org(self, org: str, embodiments: list[str] | tuple[str, ...], *, can_reset_estop: bool = False,
+                max_sessions: int | None = None) -> None:
+        """Create or update an organization, its granted embodiments and its session quota."""
         if not ORG_RE.match(org or ""):
             raise AuthError(f"organization name {org!r}: use letters, digits, '_', '.', '-' (max 64)")
+        if max_sessions is not None and (isinstance(max_sessions, bool) or not isinstance(max_sessions, int)
+                                         or max_sessions < 1):
+            raise AuthError(f"max_sessions for {org!r} must be a positive integer, got {max_sessions!r}")
         self.orgs[org] = {"embodiments": sorted(set(embodiments)), "can_reset_estop": bool(can_reset_estop)}
+        if max_sessions is not None:
+            self.orgs[org]["max_sessions"] = max_sessions
         self.save()
 
     def issue(self, org: str, label: str = "") -> str:
@@ -127,7 +135,8 @@ class TokenStore:
         org = self.orgs.get(rec["org"])
         if not ok or rec["revoked"] or org is None:
             return None
-        return Principal(rec["org"], m.group(1), frozenset(org["embodiments"]), org["can_reset_estop"])
+        return Principal(rec["org"], m.group(1), frozenset(org["embodiments"]), org["can_reset_estop"],
+                         org.get("max_sessions"))
 
     def can_reset(self, token: str) -> bool:
         p = self.authenticate(token)

@@ -12,6 +12,11 @@ from genba.cli import CLIError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_serve(sub)
+    _register_admin(sub)
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a checkpoint over HTTP/websocket with auth and the safety shield")
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (model.safetensors + genba.json)")
     p.add_argument("--tokens", type=Path, required=True, help="token store (see `genba tokens`)")
@@ -22,8 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-ca", type=Path, help="CA (PEM) whose client certificates are required (mutual TLS)")
     p.add_argument("--batch-window-ms", type=float, default=1.5, help="micro-batching window")
     p.add_argument("--max-inflight", type=int, default=256, help="requests in flight before 503")
+    p.add_argument("--max-sessions", type=int, default=1024,
+                   help="sessions in all (latched ones count and are never evicted); 503 when full")
+    p.add_argument("--sessions-per-org", type=int, default=256,
+                   help="default session quota per organization (429 beyond); `tokens add-org --max-sessions` "
+                        "overrides it")
     p.set_defaults(func=cmd_serve)
 
+
+def _register_admin(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tokens", help="manage per-organization API tokens (hashed at rest)")
     t.add_argument("--store", type=Path, required=True, help="token store JSON file")
     ts = t.add_subparsers(dest="action", required=True)
@@ -31,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("org")
     a.add_argument("--embodiments", required=True, help="comma-separated embodiment names ('*' = all)")
     a.add_argument("--can-reset-estop", action="store_true", help="its tokens may clear a latched e-stop")
+    a.add_argument("--max-sessions", type=int, default=None,
+                   help="its session quota on the server (default: the server's --sessions-per-org)")
     i = ts.add_parser("issue", help="print a new token for an organization (shown once)")
     i.add_argument("org")
     i.add_argument("--label", default="")
@@ -83,7 +97,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError("--tls-cert and --tls-key go together")
     if args.tls_ca is not None and args.tls_cert is None:
         raise CLIError("--tls-ca (mutual TLS) needs --tls-cert and --tls-key")
-    cfg = ServerConfig(batch_window_s=args.batch_window_ms / 1e3, max_inflight=args.max_inflight)
+    if args.max_sessions < 1 or args.sessions_per_org < 1:
+        raise CLIError(f"--max-sessions ({args.max_sessions}) and --sessions-per-org ({args.sessions_per_org}) "
+                       "must be >= 1")
+    cfg = ServerConfig(batch_window_s=args.batch_window_ms / 1e3, max_inflight=args.max_inflight,
+                       max_sessions=args.max_sessions, sessions_per_org=args.sessions_per_org)
     server = PolicyServer(load_backend(str(args.checkpoint)), TokenStore(args.tokens), cfg)
     ssl_kw = tls_options(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert is not None else {}
     uvicorn.run(build_app(server), host=args.host, port=args.port, ws_max_size=cfg.max_body_bytes,
@@ -98,7 +116,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         store = TokenStore(args.store)
         if args.action == "add-org":
             store.add_org(args.org, [e.strip() for e in args.embodiments.split(",") if e.strip()],
-                          can_reset_estop=args.can_reset_estop)
+                          can_reset_estop=args.can_reset_estop, max_sessions=args.max_sessions)
             print(f"organization {args.org}: {store.orgs[args.org]}")
         elif args.action == "issue":
             print(store.issue(args.org, args.label))

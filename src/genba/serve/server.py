@@ -6,15 +6,20 @@ Notable features:
   server timing; ``POST /v1/reset``; ``POST /v1/estop`` and ``/v1/estop/reset``;
   ``GET /v1/health``; ``GET /v1/metadata`` (specs, model and lineage hashes);
   ``/v1/ws``: the same operations as msgpack frames. OpenAPI at ``/openapi.json``.
-* ``Authorization: Bearer <token>`` on every call but health: unknown or revoked
-  token -> 401, an embodiment not granted to the token's organization -> 403.
+* ``Authorization: Bearer <token>`` on every call but health (an HTTP bearer security
+  scheme in the document): unknown or revoked token -> 401, an embodiment not granted to
+  the token's organization -> 403.
 * Malformed requests (wrong shapes, types, NaN/inf, unknown embodiment,
   oversized bodies) get a 4xx naming the field and never reach the model.
 * A micro-batcher gathers requests for ``batch_window_s`` and makes one model
   call for all of them (one trunk pass, even across embodiments); in-flight
   requests are bounded (503 beyond).
-* One policy state and one :class:`SafetyShield` per (organization, session):
-  every action leaves through the shield.
+* One policy state, one :class:`SafetyShield` and one e-stop latch per (organization,
+  session), with per-organization quotas (:mod:`genba.serve.sessions`): a latched session
+  is never evicted and only an authorized reset releases it. Every action leaves through
+  the shield.
+* The OpenAPI document is the contract (:mod:`genba.serve.api`): every status a route can
+  answer is documented with its body model, every error body is ``{"detail": str}``.
 """
 
 from __future__ import annotations
@@ -22,22 +27,28 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
 import numpy as np
-from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Body, FastAPI, Request, Security, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 
 from genba.data.spec import EmbodimentSpec
+from genba.serve.api import (EstopResponse, HealthResponse, InferRequest, InferResponse, MetadataResponse,
+                             Observation, ResetResponse, ServeError, SessionRequest, errors, infer_examples)
 from genba.serve.auth import Principal, TokenStore, bearer
 from genba.serve.backends import Backend
+from genba.serve.sessions import Session, SessionTable
 from genba.serve.shield import SafetyShield, ShieldConfig
+
+__all__ = ["InferRequest", "Observation", "PolicyServer", "ServeError", "ServerConfig", "Session", "SessionRequest",
+           "build_app", "serve_websocket", "tls_options"]
 
 API = "/v1"
 
@@ -48,42 +59,12 @@ class ServerConfig:
     max_inflight: int = 256
     batch_window_s: float = 0.0015
     max_batch: int = 64
-    max_sessions: int = 1024
+    max_sessions: int = 1024  # the whole table; latched sessions count and are never evicted
+    sessions_per_org: int = 256  # default quota; an organization's own max_sessions overrides it
     shield: ShieldConfig = field(default_factory=ShieldConfig)
 
 
-# ---- request bodies (also the OpenAPI schema) --------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-class Observation(_Strict):
-    embodiment: str = Field(max_length=64, description="embodiment name, e.g. 'pmsm'")
-    state: list[float] = Field(max_length=4096, description="observation vector (obs_dim,) in spec units")
-    instruction: str = Field("", max_length=1024)
-
-
-class InferRequest(_Strict):
-    obs: Observation
-    session: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    horizon: int | None = Field(None, ge=1, le=4096, description="actions wanted (default: the model's chunk)")
-
-
-class SessionRequest(_Strict):
-    session: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    reason: str = Field("requested", max_length=256)
-
-
-# ---- sessions and batching ---------------------------------------------------
-@dataclass
-class Session:
-    state: Any
-    embodiment: str | None = None
-    shield: SafetyShield | None = None
-    last_end: float | None = None  # time the last returned chunk runs out
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
+# ---- batching ----------------------------------------------------------------
 class MicroBatcher:
     """Collects requests for up to ``window`` seconds, then one ``infer_batch`` call in a worker thread."""
 
@@ -133,19 +114,13 @@ class MicroBatcher:
                                           "batch_size": len(batch)}))
 
 
-class ServeError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
 class PolicyServer:
     """Sessions, auth checks, batching and shielding; the FastAPI app calls into it."""
 
     def __init__(self, backend: Backend, tokens: TokenStore, config: ServerConfig = ServerConfig()) -> None:
         self.backend, self.tokens, self.cfg = backend, tokens, config
         self.batcher = MicroBatcher(backend, config.batch_window_s, config.max_batch)
-        self.sessions: OrderedDict[tuple[str, str], Session] = OrderedDict()
+        self.sessions = SessionTable(backend.new_state, config.max_sessions, config.sessions_per_org)
         self.inflight = 0
         self.served = self.refused = 0
 
@@ -155,15 +130,9 @@ class PolicyServer:
             raise ServeError(401, "missing, unknown or revoked API token (send 'Authorization: Bearer <token>')")
         return p
 
-    def _session(self, p: Principal, name: str) -> Session:
-        key = (p.org, name)
-        s = self.sessions.get(key)
-        if s is None:
-            s = self.sessions[key] = Session(self.backend.new_state())
-            while len(self.sessions) > self.cfg.max_sessions:
-                self.sessions.popitem(last=False)
-        self.sessions.move_to_end(key)
-        return s
+    def _hold(self, p: Principal, name: str, create: bool = True):
+        """The (organization, session) entry, pinned for the request (see :class:`SessionTable`)."""
+        return self.sessions.hold(p.org, name, quota=p.max_sessions, create=create)
 
     def check_obs(self, p: Principal, obs: Observation) -> EmbodimentSpec:
         spec = self.backend.specs.get(obs.embodiment)
@@ -178,6 +147,10 @@ class PolicyServer:
 
     async def infer(self, p: Principal, req: InferRequest) -> dict:
         spec = self.check_obs(p, req.obs)
+        if req.horizon is not None and req.horizon > self.backend.chunk:
+            # a silent shorter chunk would leave the client planning on actions it never got
+            raise ServeError(422, f"horizon {req.horizon} is above the model's action chunk of "
+                                  f"{self.backend.chunk}; ask for at most {self.backend.chunk} (or omit horizon)")
         if self.inflight >= self.cfg.max_inflight:
             self.refused += 1
             raise ServeError(503, f"server busy: {self.inflight} requests in flight (limit {self.cfg.max_inflight})")
@@ -189,23 +162,30 @@ class PolicyServer:
 
     async def _infer(self, p: Principal, req: InferRequest, spec: EmbodimentSpec) -> dict:
         t0 = time.perf_counter()
-        s = self._session(p, req.session)
-        async with s.lock:
-            if s.embodiment != spec.name:  # a new machine on this session: fresh state and shield
-                self.backend.reset_state(s.state)
-                s.embodiment, s.last_end = spec.name, None
-                s.shield = self._build_shield(spec, s.shield)
-            obs = req.obs.model_dump()
-            try:
-                chunk, timing = await self.batcher.submit(s.state, obs)
-            except ValueError as e:  # the policy refused the observation (checked again there)
-                raise ServeError(422, str(e)) from None
-            t1 = time.perf_counter()
-            actions = self._shield_chunk(s, spec, np.asarray(chunk, dtype=float), obs["state"], req.horizon)
-            self.served += 1
-            timing.update(shield_ms=(time.perf_counter() - t1) * 1e3, server_ms=(time.perf_counter() - t0) * 1e3)
-            return {"session": req.session, "embodiment": spec.name, "actions": actions.tolist(),
-                    "shield": s.shield.stats(), "timing": timing}
+        with self._hold(p, req.session) as s:
+            async with s.lock:
+                return await self._infer_locked(s, req, spec, t0)
+
+    async def _infer_locked(self, s: Session, req: InferRequest, spec: EmbodimentSpec, t0: float) -> dict:
+        if s.embodiment != spec.name:  # a new machine on this session: fresh state and shield
+            self.backend.reset_state(s.state)
+            s.embodiment, s.last_end = spec.name, None
+            s.shield = self._build_shield(spec, s.shield)
+        obs = req.obs.model_dump()
+        try:
+            chunk, timing = await self.batcher.submit(s.state, obs)
+        except ValueError as e:  # the policy refused the observation (checked again there)
+            raise ServeError(422, str(e)) from None
+        t1 = time.perf_counter()
+        if s.latched:  # the session's latch is the truth; a shield built since it latched learns it here
+            s.shield.estop(s.estop_reason)
+        actions = self._shield_chunk(s, spec, np.asarray(chunk, dtype=float), obs["state"], req.horizon)
+        if s.shield.latched and not s.latched:  # the shield latched itself: pin the session
+            s.estop_reason = "latched by the shield"
+        self.served += 1
+        timing.update(shield_ms=(time.perf_counter() - t1) * 1e3, server_ms=(time.perf_counter() - t0) * 1e3)
+        return {"session": req.session, "embodiment": spec.name, "actions": actions.tolist(),
+                "shield": s.shield.stats(), "timing": timing}
 
     def _build_shield(self, spec: EmbodimentSpec, old: SafetyShield | None) -> SafetyShield:
         # a chunk is planned from one observation: its last action must still be "fresh"
@@ -230,24 +210,35 @@ class PolicyServer:
         return out
 
     async def reset(self, p: Principal, req: SessionRequest) -> dict:
-        s = self._session(p, req.session)
-        async with s.lock:
-            self.backend.reset_state(s.state)
-            if s.shield is not None:
-                s.shield.reset()
-            s.last_end = None
-        return {"session": req.session, "reset": True, "latched": bool(s.shield and s.shield.latched)}
+        """A new episode on a session; an unknown session is left uncreated (nothing to reset)."""
+        with self._hold(p, req.session, create=False) as s:
+            if s is None:
+                return {"session": req.session, "reset": True, "latched": False}
+            async with s.lock:
+                self.backend.reset_state(s.state)
+                if s.shield is not None:
+                    s.shield.reset()
+                s.last_end = None
+            return {"session": req.session, "reset": True, "latched": s.latched}
 
-    async def estop(self, p: Principal, req: SessionRequest, token: str | None, release: bool) -> dict:
-        s = self._session(p, req.session)
-        if s.shield is None:
-            raise ServeError(409, f"session {req.session!r} has no machine yet (no infer call)")
-        if release:
-            if not s.shield.clear_estop(token or ""):
-                raise ServeError(403, f"organization {p.org!r} may not reset an e-stop")
-        else:
-            s.shield.estop(f"{p.org}: {req.reason}")
-        return {"session": req.session, "latched": s.shield.latched}
+    async def estop(self, p: Principal, req: SessionRequest) -> dict:
+        """Latch at once (no waiting for a request in progress); a session not seen yet is created
+        latched, so a machine that connects under that name later gets only the stop."""
+        with self._hold(p, req.session) as s:
+            s.latch(f"{p.org}: {req.reason}")
+            return {"session": req.session, "latched": True}
+
+    async def estop_reset(self, p: Principal, req: SessionRequest, token: str | None) -> dict:
+        """Release a latch: only an organization with ``can_reset_estop``, latched or not (403)."""
+        if not p.can_reset_estop:
+            raise ServeError(403, f"organization {p.org!r} may not reset an e-stop (it lacks can_reset_estop)")
+        with self._hold(p, req.session, create=False) as s:
+            if s is None:
+                return {"session": req.session, "latched": False}
+            if s.shield is not None and not s.shield.clear_estop(token or ""):
+                raise ServeError(403, f"organization {p.org!r} may not reset an e-stop (the shield refused it)")
+            s.estop_reason = None
+            return {"session": req.session, "latched": False}
 
     def metadata(self, p: Principal) -> dict:
         meta = dict(self.backend.metadata())
@@ -257,7 +248,8 @@ class PolicyServer:
         return meta
 
     def health(self) -> dict:
-        return {"status": "ok", "inflight": self.inflight, "sessions": len(self.sessions), "served": self.served,
+        return {"status": "ok", "inflight": self.inflight, "sessions": len(self.sessions),
+                "latched_sessions": self.sessions.latched(), "served": self.served,
                 "batches": self.batcher.batches, "batched_items": self.batcher.items}
 
 
@@ -307,10 +299,14 @@ def _validation_message(e: ValidationError | RequestValidationError) -> str:
 
 
 def build_app(server: PolicyServer) -> FastAPI:
-    """The FastAPI app around a :class:`PolicyServer`."""
+    """The FastAPI app around a :class:`PolicyServer`; its document lists every status each route answers."""
     app = FastAPI(title="genba policy server", version="1",
-                  description="Shielded action chunks for authorized machines. Bearer token on every call but health.")
+                  description="Shielded action chunks for authorized machines. Bearer token on every call but "
+                              "health. Every error body is {\"detail\": str}, naming the field or the limit.")
     app.state.server = server
+    # declared for the document (a bearer security scheme); the token is checked by the server itself
+    scheme = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="gbt_<id>_<secret>",
+                        description="a per-organization API token (`genba tokens issue ORG`)")
 
     @app.exception_handler(ServeError)
     async def _serve_error(_: Request, e: ServeError):
@@ -320,33 +316,37 @@ def build_app(server: PolicyServer) -> FastAPI:
     async def _bad_request(_: Request, e: RequestValidationError):
         return JSONResponse({"detail": _validation_message(e)}, status_code=422)
 
-    def principal(request: Request) -> Principal:
+    def principal(request: Request, _: HTTPAuthorizationCredentials | None = Security(scheme)) -> Principal:
         return server.principal(request.headers.get("authorization"))
 
-    @app.get(f"{API}/health")
+    @app.get(f"{API}/health", response_model=HealthResponse, responses=errors(413))
     async def health() -> dict:
         return server.health()
 
-    @app.get(f"{API}/metadata")
-    async def metadata(p: Principal = Depends(principal)) -> dict:
+    @app.get(f"{API}/metadata", response_model=MetadataResponse, responses=errors(401, 413))
+    async def metadata(p: Principal = Security(principal)) -> dict:
         return server.metadata(p)
 
-    @app.post(f"{API}/infer")
-    async def infer(req: InferRequest, p: Principal = Depends(principal)) -> dict:
+    @app.post(f"{API}/infer", response_model=InferResponse, responses=errors(400, 401, 403, 413, 422, 429, 503))
+    async def infer(req: InferRequest = Body(openapi_examples=infer_examples(server.backend.specs)),
+                    p: Principal = Security(principal)) -> dict:
         """Observation in, shielded action chunk (horizon, action_dim) out, with server timing in ms."""
         return await server.infer(p, req)
 
-    @app.post(f"{API}/reset")
-    async def reset(req: SessionRequest, p: Principal = Depends(principal)) -> dict:
+    @app.post(f"{API}/reset", response_model=ResetResponse, responses=errors(400, 401, 413, 422))
+    async def reset(req: SessionRequest, p: Principal = Security(principal)) -> dict:
+        """A new episode on the session: policy state and shield back to rest; a latch stays."""
         return await server.reset(p, req)
 
-    @app.post(f"{API}/estop")
-    async def estop(req: SessionRequest, p: Principal = Depends(principal)) -> dict:
-        return await server.estop(p, req, None, release=False)
+    @app.post(f"{API}/estop", response_model=EstopResponse, responses=errors(400, 401, 413, 422, 429, 503))
+    async def estop(req: SessionRequest, p: Principal = Security(principal)) -> dict:
+        """Latch the session's e-stop: every action ramps to the stop value and holds until an authorized reset."""
+        return await server.estop(p, req)
 
-    @app.post(f"{API}/estop/reset")
-    async def estop_reset(req: SessionRequest, request: Request, p: Principal = Depends(principal)) -> dict:
-        return await server.estop(p, req, bearer(request.headers.get("authorization")), release=True)
+    @app.post(f"{API}/estop/reset", response_model=EstopResponse, responses=errors(400, 401, 403, 413, 422))
+    async def estop_reset(req: SessionRequest, request: Request, p: Principal = Security(principal)) -> dict:
+        """Release the latch; only organizations with can_reset_estop (403 for others, latched or not)."""
+        return await server.estop_reset(p, req, bearer(request.headers.get("authorization")))
 
     @app.websocket(f"{API}/ws")
     async def ws(websocket: WebSocket) -> None:
@@ -389,8 +389,10 @@ async def _ws_op(server: PolicyServer, p: Principal, token: str | None, frame: b
                 out = await server.infer(p, InferRequest.model_validate(body))
             elif op == "reset":
                 out = await server.reset(p, SessionRequest.model_validate(body))
-            elif op in ("estop", "estop_reset"):
-                out = await server.estop(p, SessionRequest.model_validate(body), token, release=op == "estop_reset")
+            elif op == "estop":
+                out = await server.estop(p, SessionRequest.model_validate(body))
+            elif op == "estop_reset":
+                out = await server.estop_reset(p, SessionRequest.model_validate(body), token)
             elif op == "metadata":
                 out = server.metadata(p)
             elif op == "health":
