@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib.util
+import math
 import shutil
 import socket
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
-from asyncua import Client
+from asyncua import Client, ua
 
 from genba.data.lerobot import Episode, write_dataset
 from genba.envs.collect import run_episode
@@ -65,38 +70,64 @@ def run_with_machine(machine, body):
     return asyncio.run(body(m, cfg))
 
 
-async def refused(client: Client) -> bool:
+async def refusal(client: Client) -> Exception | None:
+    """The exception a session attempt ends in (None: it browsed). Callers assert the specific
+    refusal, so a helper that breaks in some other way fails the test instead of passing it."""
     try:
         async with client:
             await client.nodes.objects.get_children()
-    except Exception:
-        return True
-    return False
+    except Exception as e:
+        return e
+    return None
 
 
 def test_rogue_certificate_refused(certs, machine):
     async def body(m, cfg):
-        return await refused(await secure_client(cfg.endpoint, str(certs), "rogue"))
-    assert run_with_machine(machine, body)
+        return await refusal(await secure_client(cfg.endpoint, str(certs), "rogue"))
+    err = run_with_machine(machine, body)
+    assert isinstance(err, ua.uaerrors.BadCertificateUntrusted), repr(err)  # the server's trust store said no
 
 
-def test_unencrypted_client_refused(certs, machine):
+def any_endpoint(endpoints, security_mode, policy_uri):
+    """Client.find_endpoint for a client that does not check the server offers its security mode:
+    it asks for a session over a channel without security anyway, so the refusal must come from the server."""
+    return dataclasses.replace(endpoints[0], SecurityMode=security_mode, SecurityPolicyUri=policy_uri)
+
+
+def test_unencrypted_client_refused(certs, machine, monkeypatch):
     async def body(m, cfg):
-        return await refused(await secure_client(cfg.endpoint, str(certs), "bridge", encrypt=False))
-    assert run_with_machine(machine, body)
+        stock = await refusal(await secure_client(cfg.endpoint, str(certs), "bridge", encrypt=False))
+        with monkeypatch.context() as mp:
+            mp.setattr(Client, "find_endpoint", staticmethod(any_endpoint))
+            forced = await refusal(await secure_client(cfg.endpoint, str(certs), "bridge", encrypt=False))
+        return stock, forced
+    stock, forced = run_with_machine(machine, body)
+    # the machine offers no endpoint without security, so a stock client finds none to use ...
+    assert type(stock) is ua.UaError and "No matching endpoints" in str(stock) and "#None" in str(stock), repr(stock)
+    # ... and one that insists anyway gets its session activation refused by the server
+    assert isinstance(forced, ua.uaerrors.BadIdentityTokenInvalid), repr(forced)
 
 
 def test_anonymous_session_refused(certs, machine):
     async def body(m, cfg):
         # encrypted channel with a trusted certificate, but no user identity: anonymous
-        return await refused(await secure_client(cfg.endpoint, str(certs), "bridge", as_user=False))
-    assert run_with_machine(machine, body)
+        return await refusal(await secure_client(cfg.endpoint, str(certs), "bridge", as_user=False))
+    err = run_with_machine(machine, body)
+    assert isinstance(err, ua.uaerrors.BadIdentityTokenRejected), repr(err)
 
 
 def test_trusted_cert_that_is_not_a_user_refused(certs, machine):
     async def body(m, cfg):
-        return await refused(await secure_client(cfg.endpoint, str(certs), "intruder"))
-    assert run_with_machine(machine, body)
+        return await refusal(await secure_client(cfg.endpoint, str(certs), "intruder"))
+    err = run_with_machine(machine, body)
+    assert isinstance(err, ua.uaerrors.BadUserAccessDenied), repr(err)
+
+
+def test_refusal_helper_reports_a_session_that_got_in(certs, machine):
+    """The helper itself: a trusted user's session is not a refusal."""
+    async def body(m, cfg):
+        return await refusal(await secure_client(cfg.endpoint, str(certs), "bridge"))
+    assert run_with_machine(machine, body) is None
 
 
 def test_stock_client_browses_and_reads(certs, machine):
@@ -113,6 +144,96 @@ def test_stock_client_browses_and_reads(certs, machine):
     names, values, kids = run_with_machine(machine, body)
     assert names == list(spec.obs_names) and len(values) == spec.obs_dim
     assert {"Step", "TrackingError", "SetpointViolations"} <= set(kids)
+
+
+def test_address_space_carries_units_ranges_and_descriptions(certs, machine):
+    """Before: no EngineeringUnits or EURange properties, and descriptions repeated the node name."""
+    spec = get_task(TASK).spec
+
+    async def body(m, cfg):
+        client = await secure_client(cfg.endpoint, str(certs), "bridge")
+        async with client:
+            obs, sets, _ = await machine_nodes(client, spec)
+            out = []
+            for node in obs + sets:
+                eu = await (await node.get_child("0:EngineeringUnits")).read_value()
+                rng = await (await node.get_child("0:EURange")).read_value()
+                out.append((await node.read_type_definition(), eu, rng, (await node.read_description()).Text))
+        return out
+    got = run_with_machine(machine, body)
+    names = list(spec.obs_names) + list(spec.action_names)
+    units = list(spec.obs_units) + list(spec.action_units)
+    lows, highs = list(spec.obs_low) + list(spec.action_low), list(spec.obs_high) + list(spec.action_high)
+    for (tdef, eu, rng, desc), name, unit, lo, hi in zip(got, names, units, lows, highs, strict=True):
+        assert tdef == ua.NodeId(ua.ObjectIds.AnalogItemType)
+        assert isinstance(eu, ua.EUInformation) and eu.DisplayName.Text == unit
+        assert eu.NamespaceUri == "http://www.opcfoundation.org/UA/units/un/cefact"
+        assert (rng.Low, rng.High) == (lo, hi)
+        assert desc != name and desc.startswith(name) and f"[{lo:g}, {hi:g}]" in desc
+    assert all(eu.UnitId == 0x433632 for _, eu, _, _ in got)  # "C62" (one): the drive's units are normalized
+
+
+@pytest.mark.parametrize("unit, code", [("m", "MTR"), ("rad/s", "2A"), ("N*m", "NU"), ("normalized (1 = 60 V)", "C62"),
+                                        ("1", "C62"), ("furlong/fortnight", None)])
+def test_engineering_units_use_unece_codes(unit, code):
+    from genba.serve.opcua_machine import eu_information
+    eu = eu_information(unit)
+    assert eu.DisplayName.Text == unit
+    assert eu.UnitId == (-1 if code is None else int.from_bytes(code.encode(), "big"))  # Part 8 5.6.3 packing
+
+
+def test_setpoint_writes_outside_the_range_are_refused_and_counted(certs, machine):
+    """Before: 5.0, -100, NaN and inf written to a setpoint returned Good and read back as written."""
+    spec = get_task(TASK).spec
+
+    async def body(m, cfg):
+        client = await secure_client(cfg.endpoint, str(certs), "bridge")
+        async with client:
+            _, sets, _ = await machine_nodes(client, spec)
+            node, r0 = sets[0], m.refused_writes
+            before, results = await node.read_value(), []
+            for value in (5.0, -100.0, math.nan, math.inf, -math.inf, spec.action_high[0] + 1e-9):
+                try:
+                    await node.write_value(ua.DataValue(ua.Variant(value, ua.VariantType.Double)))
+                    results.append(("Good", await node.read_value()))
+                except ua.uaerrors.BadOutOfRange:
+                    results.append(("BadOutOfRange", await node.read_value()))
+            # one Write request, two nodes: the refused one answers for itself, the good one is written
+            both = [ua.DataValue(ua.Variant(v, ua.VariantType.Double)) for v in (0.25, 7.0)]
+            codes = await client.uaclient.write_attributes([sets[0].nodeid, sets[0].nodeid], both,
+                                                           ua.AttributeIds.Value)
+            mixed = ([c.name for c in codes], await node.read_value())
+            await node.write_value(ua.DataValue(ua.Variant(spec.action_high[0], ua.VariantType.Double)))  # the edge
+            edge = await node.read_value()
+            await node.write_value(ua.DataValue(ua.Variant(before, ua.VariantType.Double)))
+        await asyncio.sleep(0.05)  # the machine publishes its counter once per period
+        return before, results, mixed, edge, m.refused_writes - r0
+    before, results, mixed, edge, refused = run_with_machine(machine, body)
+    assert results == [("BadOutOfRange", before)] * 6
+    assert mixed == (["Good", "BadOutOfRange"], 0.25) and edge == spec.action_high[0]
+    assert refused == 7
+
+
+def load_client_check():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "opcua_client_check.py"
+    spec = importlib.util.spec_from_file_location("opcua_client_check", path)
+    mod = sys.modules["opcua_client_check"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stock_client_check_script_passes(certs, machine):
+    """``benchmarks/opcua_client_check.py`` (plain asyncua on the client side) against the machine: every
+    variable an AnalogItem with units and range, every probing write refused with BadOutOfRange and counted."""
+    check = load_client_check()
+    spec = get_task(TASK).spec
+    rep = run_with_machine(machine, lambda m, cfg: check.check(cfg.endpoint, str(certs)))
+    check.print_report(rep)
+    assert rep.ok, rep.failures
+    assert len(rep.variables) == spec.obs_dim + spec.action_dim
+    refused = [w for w in rep.writes if w[2] == "BadOutOfRange"]
+    assert len(refused) == 5 * spec.action_dim and all(w[3] for w in rep.writes)
+    assert rep.refused_counter[1] - rep.refused_counter[0] >= len(refused)
 
 
 def test_bridge_drives_machine_within_limits(certs, machine):

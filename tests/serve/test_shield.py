@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genba.serve.shield import SafetyShield, ShieldConfig
+from genba.serve.shield import ManualClock, SafetyShield, ShieldConfig
 from tests.serve.conftest import toy_spec
 
 SPEC = toy_spec()
@@ -113,17 +113,15 @@ def test_nan_and_inf_become_controlled_stop():
 
 
 def test_watchdog_stops_when_feed_stops():
-    sh = SafetyShield(SPEC, ShieldConfig(deadline_s=0.05))
-    t = 0.0
+    # the deadline runs on the shield's own clock (here one the test moves a period per step), not on `now`
+    clock = ManualClock()
+    sh = SafetyShield(SPEC, ShieldConfig(deadline_s=0.05), clock=clock)
     for _ in range(40):
-        t += DT
-        u = sh.step([0.3, -0.3, 0.8], [0.0] * 5, now=t)
+        u = sh.step([0.3, -0.3, 0.8], [0.0] * 5, now=clock.advance(DT))
     assert u[2] > 0.5
-    fed = [u]
     held = []
     for _ in range(200):  # no fresh command or observation any more
-        t += DT
-        held.append(sh.stop_step(now=t))
+        held.append(sh.stop_step(now=clock.advance(DT)))
     held = np.array(held)
     assert sh.counts["watchdog"] == 1
     assert np.all(held[:4, 2] >= u[2])  # within the deadline the last command stands (still rising to 0.8)

@@ -196,18 +196,10 @@ class PolicyServer:
         return sh
 
     def _shield_chunk(self, s: Session, spec: EmbodimentSpec, chunk: np.ndarray, state, horizon) -> np.ndarray:
-        sh, dt, now = s.shield, spec.control_period, time.monotonic()
-        if s.last_end is not None and now - s.last_end > sh.cfg.deadline_s:
-            # the stream lapsed: the machine-side watchdog stopped the axes; replay that stop
-            for k in range(sh.cfg.max_horizon):
-                if sh.at_rest:
-                    break
-                sh.stop_step(now=s.last_end + (k + 1) * dt)
-            now = max(now, sh.clock + dt)
+        # the chunk is planned on the shield's own clock (period i at its "now" + i*dt); a stream that
+        # lapsed is replayed there as the stop the machine-side watchdog made (SafetyShield.plan)
         n = min(horizon or len(chunk), len(chunk))
-        out = np.stack([sh.step(chunk[i], state if i == 0 else None, now=now + i * dt) for i in range(n)])
-        s.last_end = now + (n - 1) * dt
-        return out
+        return s.shield.plan(chunk[:n], state)
 
     async def reset(self, p: Principal, req: SessionRequest) -> dict:
         """A new episode on a session; an unknown session is left uncreated (nothing to reset)."""

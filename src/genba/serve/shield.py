@@ -20,15 +20,26 @@ Notable features (see ``docs/safety.md`` for the full argument):
   commands from which it could not stop inside ``position_low/high``; this is
   the discrete form of ``v_max = sqrt(2 * a * d)`` with ``a`` the deceleration the
   command chain can deliver (``max_rate``), including the jerk-limited lag.
-* Rejects NaN/inf in model outputs and observations (controlled stop), blocks
-  commands that would carry the end effector into a keep-out box, runs a
-  watchdog (no fresh command or observation within ``deadline_s`` -> controlled
-  stop), and latches an e-stop that only an authenticated reset clears.
+* Rejects NaN/inf and malformed model outputs and observations (controlled
+  stop; never an exception), blocks commands that would carry the end effector
+  into a keep-out box, runs a watchdog (no fresh command or observation within
+  ``deadline_s`` -> controlled stop), and latches an e-stop that only an
+  authenticated reset clears.
+* The watchdog runs on the shield's own monotonic clock (``time.monotonic``, or
+  an injected clock for simulation and tests). A caller's timestamp is data: it
+  is checked (finite, strictly advancing, within ``clock_tolerance_s`` of the
+  shield's clock) and a step whose timestamp fails is treated as having no fresh
+  input, so a NaN, frozen or backwards caller clock ends in a controlled stop
+  within the deadline instead of switching the watchdog off.
+* ``plan(chunk, obs)`` shields a chunk served ahead of time: period ``i`` is
+  placed ``i`` control periods after the shield's own "now", never at a time the
+  caller names.
 * Stops are *controlled stops* (IEC 60204-1 category 1/2 style, see docs): the
   command ramps to the stop value (zero velocity / zero voltage) within the
   configured rate, acceleration and jerk, then holds there.
 * Every intervention is counted per reason and kept in a bounded event log.
 """
+
 
 from __future__ import annotations
 
@@ -42,18 +53,26 @@ from typing import Callable
 import numpy as np
 
 from genba.data.spec import EmbodimentSpec
+from genba.serve.shield_law import (Axis, advance, brake_jerk, build_axes, build_derivative_limits, track_jerk,
+                                    viable)
 
 log = logging.getLogger(__name__)
 
-REASONS = ("nonfinite_action", "nonfinite_obs", "bad_shape", "action_clip", "derivative_limit",
-           "bound_brake", "position_brake", "keepout", "watchdog", "estop")
+REASONS = ("nonfinite_action", "nonfinite_obs", "malformed_action", "malformed_obs", "bad_shape", "bad_clock",
+           "action_clip", "derivative_limit", "bound_brake", "position_brake", "keepout", "watchdog", "estop")
+
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
 class ShieldConfig:
     """Tunables that are not part of the machine's spec.
 
-    ``deadline_s``: watchdog deadline for a fresh command and observation.
+    ``deadline_s``: watchdog deadline for a fresh command and observation, on the
+    shield's own clock.
+    ``clock_tolerance_s``: how far a caller's timestamp may disagree with the
+    shield's clock (after calibrating the two clocks' offset on the first
+    timestamp) before the step's inputs count as of unknown age; None = ``deadline_s``.
     ``position_gain``: position units per second per command unit for axes with
     a braking position (1.0 = the command is that position's velocity).
     ``max_horizon``: longest brake simulation, in control periods; a state that
@@ -61,6 +80,7 @@ class ShieldConfig:
     """
 
     deadline_s: float = 0.1
+    clock_tolerance_s: float | None = None
     position_gain: float = 1.0
     max_horizon: int = 4000
     keepout_margin: float = 0.0
@@ -76,13 +96,32 @@ class Event:
     detail: str
 
 
+class ManualClock:
+    """A clock that moves only when told (simulated time, tests): pass it as ``clock=``."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = float(t)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> float:
+        self.t += float(dt)
+        return self.t
+
+
 class SafetyShield:
-    """Per-session shield for one embodiment; ``step`` maps a model action to a safe command."""
+    """Per-session shield for one embodiment; ``step`` maps a model action to a safe command.
+
+    ``clock``: the shield's own monotonic time source in seconds (default
+    ``time.monotonic``); the watchdog's deadlines are measured on it alone.
+    """
 
     def __init__(self, spec: EmbodimentSpec, config: ShieldConfig = ShieldConfig(), *,
-                 reset_verifier: Callable[[str], bool] | None = None) -> None:
+                 reset_verifier: Callable[[str], bool] | None = None, clock: Clock = time.monotonic) -> None:
         self.spec, self.cfg = spec, config
         self.dt = float(spec.control_period)
+        self._clock = clock
         self._verify_reset = reset_verifier or (lambda credential: False)
         self.lo, self.hi = np.asarray(spec.action_low, float), np.asarray(spec.action_high, float)
         self.R, self.A, self.J = build_derivative_limits(spec)
@@ -96,6 +135,7 @@ class SafetyShield:
         self.counts: Counter[str] = Counter()
         self.events: deque[Event] = deque(maxlen=config.event_log)
         self._latched = False
+        self._own_last = -math.inf  # last reading of the shield's own clock
         self.reset()
 
     # ---- public API ----------------------------------------------------
@@ -109,10 +149,14 @@ class SafetyShield:
         self._ee_vel = np.zeros(3)
         self.target = self.stop_value.copy()
         self.k = 0
-        self.clock = 0.0
-        self._last_cmd = self._last_obs = None  # times of the last fresh command / observation
+        self._own_broken = False  # a clock that still fails fails again on this very reading
+        self.t = self._now()  # shield time of the last period emitted (or of the reset)
+        self._last_cmd = self._last_obs = None  # shield times of the last fresh command / observation
         self._starved = False
         self._blocking = False
+        self._stamp_prev: float | None = None  # the caller's last finite timestamp
+        self._stamp_offset: float | None = None  # shield clock minus caller clock, smallest seen
+        self._plan_end: float | None = None  # shield time of the last period of the last plan()
 
     @property
     def latched(self) -> bool:
@@ -143,34 +187,98 @@ class SafetyShield:
         return True
 
     def step(self, action=None, obs=None, now: float | None = None) -> np.ndarray:
-        """One control period: ``action`` is the model's output (None = no fresh
-        command), ``obs`` the fresh observation (None = none), ``now`` a monotonic
-        time in seconds (None = advance an internal clock by one period)."""
-        now = self.clock + self.dt if now is None else float(now)
-        self.clock = now
-        self._take_obs(obs, now)
-        self._take_action(action, now)
-        stop = self._latched or self._watchdog(now)
+        """One control period, now on the shield's clock: ``action`` is the model's output
+        (None = no fresh command), ``obs`` the fresh observation (None = none), ``now`` the
+        caller's timestamp of them in seconds (optional; checked, never the watchdog's time)."""
+        t = self._now()
+        if now is not None and not self._stamp_ok(now, t):
+            action = obs = None  # inputs of unknown age count as none: the watchdog decides
+        return self._period(action, obs, t)
+
+    def stop_step(self, now: float | None = None) -> np.ndarray:
+        """A period with no fresh command or observation (the caller lost its feed)."""
+        return self.step(None, None, now)
+
+    def plan(self, actions, obs=None) -> np.ndarray:
+        """Commands ``(len(actions), action_dim)`` for the next control periods, decided now:
+        a chunk served ahead of time, every action derived from the one observation ``obs``.
+        Period ``i`` is placed ``i * dt`` after the shield's clock reads now. If the previous
+        plan ran out more than ``deadline_s`` ago, the stop the machine's own watchdog made
+        meanwhile is replayed first, so the chunk starts from where the machine stands."""
+        rows = _rows(actions)
+        t0 = self._now()
+        if self._plan_end is not None and t0 - self._plan_end > self.cfg.deadline_s:
+            for k in range(self.cfg.max_horizon):
+                if self.at_rest:
+                    break
+                self._period(None, None, self._plan_end + (k + 1) * self.dt)
+            t0 = max(t0, self.t + self.dt)
+        out = [self._period(a, obs if i == 0 else None, t0 + i * self.dt) for i, a in enumerate(rows)]
+        self._plan_end = self.t
+        return np.stack(out) if out else np.empty((0, self.spec.action_dim))
+
+    def stats(self) -> dict:
+        return {"steps": self.k, "latched": self._latched, "interventions": dict(self.counts)}
+
+    # ---- time ------------------------------------------------------------
+    def _now(self) -> float:
+        """The shield's own clock; one that fails (non-finite, backwards) stops the machine until reset."""
+        try:
+            t = float(self._clock())
+        except Exception:  # an injected clock must not turn into an exception out of step()
+            t = math.nan
+        if not math.isfinite(t) or t < self._own_last:
+            if not self._own_broken:
+                self._event("bad_clock", f"the shield's own clock read {t!r} after {self._own_last!r}; controlled stop")
+            self._own_broken = True
+            return self._own_last if math.isfinite(self._own_last) else 0.0
+        self._own_last = t
+        return t
+
+    def _stamp_ok(self, now, t: float) -> bool:
+        """Is the caller's timestamp ``now`` consistent with the shield's clock at ``t``?"""
+        stamp = _as_time(now)
+        if stamp is None:
+            return self._clock_fault(f"caller timestamp {now!r:.40} is not a finite number")
+        prev, self._stamp_prev = self._stamp_prev, stamp
+        if prev is not None and stamp <= prev:
+            how = "went backwards" if stamp < prev else "did not advance"
+            return self._clock_fault(f"caller timestamp {how}: {stamp:.6f} s after {prev:.6f} s")
+        if self._stamp_offset is None:
+            self._stamp_offset = t - stamp
+        lag = t - (stamp + self._stamp_offset)  # > 0: older than the calibration suggests
+        tol = self.cfg.deadline_s if self.cfg.clock_tolerance_s is None else self.cfg.clock_tolerance_s
+        if abs(lag) > tol:
+            return self._clock_fault(f"caller timestamp is {-lag:+.3f} s off the shield's clock (tolerance {tol} s)")
+        # the two clocks may have different origins; keep the smallest delay seen as their offset
+        # (a caller clock running fast is absorbed; slow, frozen or jumping ones are refused)
+        self._stamp_offset += min(lag, 0.0)
+        return True
+
+    def _clock_fault(self, detail: str) -> bool:
+        self._event("bad_clock", detail + "; inputs treated as missing")
+        return False
+
+    # ---- one period --------------------------------------------------------
+    def _period(self, action, obs, t: float) -> np.ndarray:
+        """Emit the command of one control period placed at shield time ``t``."""
+        self.t = t
+        self._take_obs(obs, t)
+        self._take_action(action, t)
+        stop = self._latched or self._own_broken or self._watchdog(t)
         target = self.stop_value if stop else self._keepout(self.target)
         j = self._choose_jerk(target)
         self._advance(j)
         self.k += 1
         return self.u.copy()
 
-    def stop_step(self, now: float | None = None) -> np.ndarray:
-        """A period with no fresh command or observation (the caller lost its feed)."""
-        return self.step(None, None, now)
-
-    def stats(self) -> dict:
-        return {"steps": self.k, "latched": self._latched, "interventions": dict(self.counts)}
-
     # ---- inputs --------------------------------------------------------
     def _take_obs(self, obs, now: float) -> None:
         if obs is None:
             return
-        o = np.asarray(obs, dtype=float).reshape(-1)
-        if o.shape[0] != self.spec.obs_dim:
-            self._event("bad_shape", f"observation has {o.shape[0]} entries, expected {self.spec.obs_dim}")
+        o, reason, detail = _vector(obs, self.spec.obs_dim)
+        if o is None:
+            self._event(reason + ("_obs" if reason == "malformed" else ""), f"observation {detail}; treated as missing")
             return
         if not np.all(np.isfinite(o)):
             self._event("nonfinite_obs", "observation holds NaN/inf; treated as missing")
@@ -189,10 +297,11 @@ class SafetyShield:
     def _take_action(self, action, now: float) -> None:
         if action is None:
             return
-        a = np.asarray(action, dtype=float).reshape(-1)
-        if a.shape[0] != self.spec.action_dim:
-            self._event("bad_shape", f"action has {a.shape[0]} entries, expected {self.spec.action_dim}")
+        a, reason, detail = _vector(action, self.spec.action_dim)
+        if a is None:
+            self._event(reason + ("_action" if reason == "malformed" else ""), f"action {detail}; controlled stop")
             self.target = self.stop_value.copy()
+            self._last_cmd = now  # the model answered, and its answer is a stop: no watchdog to wait for
             return
         if not np.all(np.isfinite(a)):
             self._event("nonfinite_action", "model output holds NaN/inf; controlled stop")
@@ -283,133 +392,40 @@ class SafetyShield:
         log.log(level, "shield[%s] step %d %s: %s", self.spec.name, self.k, reason, detail)
 
 
-# ---- limits and the laws (scalar per axis: a brake simulation is a few dozen
-# float operations per period, far cheaper in plain Python than in numpy) ------
-@dataclass(frozen=True)
-class Axis:
-    """One action axis: bounds, derivative limits, period, stop value; ``to_stop``
-    marks a velocity command of a braking position (its brake law returns it to
-    the stop value, not just holds it)."""
-
-    lo: float
-    hi: float
-    R: float
-    A: float
-    J: float
-    dt: float
-    stop: float
-    to_stop: bool
-    gain: float = 1.0
+def _as_time(x) -> float | None:
+    """A caller's timestamp as a finite float, or None (bools, strings, arrays, NaN/inf are not times)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return None
+    t = float(x)
+    return t if math.isfinite(t) else None
 
 
-def build_derivative_limits(spec: EmbodimentSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """max_rate, max_accel, max_jerk per axis; an absent limit becomes one a single
-    period can never exceed (so the law degenerates to plain clamping)."""
-    dt, s = spec.control_period, spec.safety
-    span = np.asarray(spec.action_high, float) - np.asarray(spec.action_low, float)
-    R = np.asarray(s.max_rate, float) if s.max_rate else span / dt
-    A = np.asarray(s.max_accel, float) if s.max_accel else 2 * R / dt
-    J = np.asarray(s.max_jerk, float) if s.max_jerk else 2 * A / dt
-    return R, A, J
+def _vector(x, n: int) -> tuple[np.ndarray | None, str, str]:
+    """``x`` as a float vector of ``n`` entries, or (None, reason, what is wrong).
+
+    Only numeric arrays qualify: strings, objects, None entries, bools and ragged
+    nesting are ``malformed``, a wrong length is ``bad_shape``."""
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # ragged lists, a raising __array__: a model's output must never raise here
+        return None, "malformed", f"is not an array ({type(e).__name__})"
+    if a.dtype.kind not in "iuf":
+        return None, "malformed", f"of type {type(x).__name__} (dtype {a.dtype}) is not numeric"
+    a = a.astype(float).reshape(-1)
+    if a.shape[0] != n:
+        return None, "bad_shape", f"has {a.shape[0]} entries, expected {n}"
+    return a, "", ""
 
 
-def build_axes(spec: EmbodimentSpec, gain: float) -> list[Axis]:
-    R, A, J = build_derivative_limits(spec)
-    to_stop = spec.safety.position_obs_index or (-1,) * spec.action_dim
-    return [Axis(lo, hi, float(r), float(a), float(j), spec.control_period, min(max(0.0, lo), hi), k >= 0, gain)
-            for lo, hi, r, a, j, k in zip(spec.action_low, spec.action_high, R, A, J, to_stop)]
+def _rows(actions) -> list:
+    """The per-period actions of a chunk; anything that is not a sequence is one malformed action."""
+    if isinstance(actions, (str, bytes, dict)) or not hasattr(actions, "__len__"):
+        return [actions]
+    try:
+        return list(actions)
+    except Exception:  # an object claiming a length it cannot deliver
+        return [actions]
 
 
-def advance(ax: Axis, u: float, v: float, w: float, j: float) -> tuple[float, float, float]:
-    """The discrete chain: jerk -> accel -> rate -> command (the one update everyone uses)."""
-    w = w + j * ax.dt
-    v = v + w * ax.dt
-    return u + v * ax.dt, v, w
-
-
-def _s_inv(y: float) -> float:
-    """Inverse of S(W) = W + (W-1) + ... (a max-jerk ramp of W to 0, normalized units), odd."""
-    a = abs(y)
-    n = max(math.ceil((-1.0 + math.sqrt(1.0 + 8.0 * a)) / 2.0 - 1e-12), 1)
-    return math.copysign((a + n * (n - 1) / 2.0) / n, y)
-
-
-def _ramp_to(ax: Axis, v: float, w: float, v_goal: float) -> float:
-    """Jerk steering the rate ``v`` to ``v_goal`` along a discrete jerk-limited ramp."""
-    sw = ax.J * ax.dt
-    W, An = w / sw, ax.A / sw
-    Wn = -_s_inv((v - v_goal) / (sw * ax.dt))  # next accel so a max-jerk ramp to 0 lands on v_goal
-    Wn = min(max(Wn, W - 1.0, -An), W + 1.0, An)
-    return min(max((Wn - W) * ax.J, -ax.J), ax.J)
-
-
-def _v_stop(ax: Axis, d: float) -> float:
-    """Largest rate from which an accel- and jerk-limited stop (from zero accel) covers ``d``."""
-    A, J = ax.A, ax.J
-    small = (d * d * J) ** (1.0 / 3.0)  # pure jerk phase: d = v * sqrt(v / J)
-    if small <= A * A / J:
-        return small
-    return 0.5 * A * (-A / J + math.sqrt((A / J) ** 2 + 8.0 * d / A))  # with a constant-accel phase
-
-
-def _deadbeat(ax: Axis, e: float, v: float, w: float) -> float | None:
-    """First jerk of the 3-step landing on (goal, rate 0, accel 0), or None if it breaks a limit."""
-    dt, lim = ax.dt, 1 + 1e-12
-    v1 = e / dt
-    w1 = (v1 - v) / dt
-    w2 = -v1 / dt
-    j1, j2, j3 = (w1 - w) / dt, (w2 - w1) / dt, -w2 / dt
-    if (abs(v1) <= ax.R * lim and abs(w1) <= ax.A * lim and abs(w2) <= ax.A * lim
-            and max(abs(j1), abs(j2), abs(j3)) <= ax.J * lim):
-        return min(max(j1, -ax.J), ax.J)
-    return None
-
-
-def track_jerk(ax: Axis, u: float, v: float, w: float, target: float) -> float:
-    """Tracking law: a rate wish from the remaining distance (the rate from which a
-    jerk-limited stop covers half of it, so the discrete lag fits), then a
-    jerk-limited ramp of the rate toward it; near the goal a 3-step deadbeat
-    landing takes over when it respects every limit (exact rest, no limit cycle)."""
-    e = target - u
-    db = _deadbeat(ax, e, v, w)
-    if db is not None:
-        return db
-    return _ramp_to(ax, v, w, math.copysign(min(ax.R, _v_stop(ax, 0.5 * abs(e))), e))
-
-
-def brake_jerk(ax: Axis, u: float, v: float, w: float) -> float:
-    """The brake law: braking-position axes return to the stop value; others bring their
-    rate to zero as fast as the accel and jerk limits allow (hold the command)."""
-    return track_jerk(ax, u, v, w, ax.stop) if ax.to_stop else _ramp_to(ax, v, w, 0.0)
-
-
-def viable(ax: Axis, u: float, v: float, w: float, pos: tuple[float, float, float] | None,
-           horizon: int) -> bool:
-    """Is (u, v, w) within limits, and does the brake law from it keep ``u`` in [lo, hi],
-    ``|v| <= R``, ``|w| <= A`` (and the predicted position, with the command applied
-    from now on, inside its bounds) until rest within ``horizon`` periods?"""
-    tol = 1e-9
-    slack_u = tol * (ax.hi - ax.lo)
-    lo, hi, R, A = ax.lo - slack_u, ax.hi + slack_u, ax.R * (1 + tol), ax.A * (1 + tol)
-    if pos is not None:
-        p, p_lo, p_hi = pos
-        p_lo, p_hi = p_lo - tol, p_hi + tol
-    for _ in range(horizon + 1):
-        if not (lo <= u <= hi and abs(v) <= R and abs(w) <= A):
-            return False
-        if pos is not None:
-            p = p + ax.gain * u * ax.dt
-            if not p_lo <= p <= p_hi:
-                return False
-        if abs(v) <= tol * ax.R and abs(w) <= tol * ax.A and (not ax.to_stop or abs(u - ax.stop) <= slack_u):
-            return True
-        u, v, w = advance(ax, u, v, w, brake_jerk(ax, u, v, w))
-    return False  # never reached rest: unsafe
-
-
-def monotonic() -> float:
-    return time.monotonic()
-
-
-__all__ = ["SafetyShield", "ShieldConfig", "Event", "Axis", "REASONS", "viable", "advance", "brake_jerk",
-           "track_jerk", "build_axes", "build_derivative_limits"]
+__all__ = ["SafetyShield", "ShieldConfig", "ManualClock", "Clock", "Event", "Axis", "REASONS", "viable", "advance",
+           "brake_jerk", "track_jerk", "build_axes", "build_derivative_limits"]
