@@ -169,7 +169,7 @@ class PolicyServer:
     async def _infer_locked(self, s: Session, req: InferRequest, spec: EmbodimentSpec, t0: float) -> dict:
         if s.embodiment != spec.name:  # a new machine on this session: fresh state and shield
             self.backend.reset_state(s.state)
-            s.embodiment, s.last_end = spec.name, None
+            s.embodiment = spec.name
             s.shield = self._build_shield(spec, s.shield)
         obs = req.obs.model_dump()
         try:
@@ -210,7 +210,6 @@ class PolicyServer:
                 self.backend.reset_state(s.state)
                 if s.shield is not None:
                     s.shield.reset()
-                s.last_end = None
             return {"session": req.session, "reset": True, "latched": s.latched}
 
     async def estop(self, p: Principal, req: SessionRequest) -> dict:

@@ -35,7 +35,6 @@ class Session:
     state: Any
     embodiment: str | None = None
     shield: SafetyShield | None = None
-    last_end: float | None = None  # time the last returned chunk runs out
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     estop_reason: str | None = None  # latched while set; pins the session in the table
     users: int = 0  # requests holding the session; it is never evicted while > 0
