@@ -129,6 +129,7 @@ def _refuse_ungoverned(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from genba.data.lerobot import DatasetError
+    from genba.finite import NonFiniteError
     from genba.model.bundle import BundleError
     from genba.model.config import PresetError
     from genba.train.checkpoint import CheckpointError
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         if _is_main():
             print(f"trained {result.step} steps, loss {result.loss:.4f}, {result.samples_per_s:,.0f} samples/s; "
                   f"checkpoint {result.checkpoint}")
-    except (TrainConfigError, DatasetError, CheckpointError, PresetError, BundleError) as e:
+    except (TrainConfigError, DatasetError, CheckpointError, PresetError, BundleError, NonFiniteError) as e:
         raise CLIError(str(e)) from None
     finally:
         _leave_group()

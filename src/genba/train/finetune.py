@@ -328,6 +328,7 @@ def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifes
            norm_mode: str, progress: bool, routes=None):
     """AdamW over the trainable parameters, the trainer's schedule and batches; one checkpoint at the end."""
     from genba.data.reader import mixed_sampler
+    from genba.finite import check_step
     from genba.model.bundle import save_bundle
     from genba.model.lora import merged_state_dict
     from genba.train import checkpoint as ckpt
@@ -356,6 +357,7 @@ def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifes
             loss.backward()
             params = [p for p in model.parameters() if p.grad is not None]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf")))
+            check_step(step + 1, loss, grad_norm, where="finetune")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -424,6 +426,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from genba.data.lerobot import DatasetError
+    from genba.finite import NonFiniteError
     from genba.model.bundle import BundleError
     from genba.train.checkpoint import CheckpointError
     from genba.train.commands import access_from_args
@@ -443,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
                                                                     "data": [*args.data, *args.replay]}))
         res = finetune(args.checkpoint, args.data, args.out, cfg, spec=spec, replay=args.replay,
                        read_table=read_table, lineage=lineage, progress=not args.no_progress)
-    except (FinetuneError, TrainConfigError, DatasetError, CheckpointError, BundleError) as e:
+    except (FinetuneError, TrainConfigError, DatasetError, CheckpointError, BundleError, NonFiniteError) as e:
         raise CLIError(str(e)) from None
     print(f"fine-tuned {res.step} steps ({cfg.mode if cfg.init == 'pretrained' else 'from scratch'}, "
           f"{res.trainable_params:,} trainable parameters), loss {res.loss:.4f}; added {res.added or 'none'}, "

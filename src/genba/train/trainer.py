@@ -32,6 +32,7 @@ from genba.data.lerobot import open_dataset
 from genba.data.reader import MixedDataset, WindowDataset, mixed_sampler
 from genba.data.transforms import Normalize, TokenizeInstruction, compose
 from genba.device import autocast_dtype, default_device, distributed_backend
+from genba.finite import check_step
 from genba.model.bundle import save_bundle
 from genba.model.config import ModelConfig, get_preset
 from genba.model.generalist import Generalist
@@ -318,6 +319,7 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
                 loss, metrics = module(batch)
             loss.backward()
             grad_norm = _clip(model, cfg.grad_clip, mixed_meshes=cfg.tp > 1 or cfg.ep > 1)
+            check_step(state.step + 1, loss, grad_norm, parts=metrics)  # before the update: weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
