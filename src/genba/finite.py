@@ -34,7 +34,8 @@ def _value(x) -> float:
     return float(x.detach().float().item()) if isinstance(x, torch.Tensor) else float(x)
 
 
-def check_step(step: int, loss, grad_norm, *, parts: Mapping[str, object] | None = None, where: str = "training") -> None:
+def check_step(step: int, loss, grad_norm, *, parts: Mapping[str, object] | None = None,
+               where: str = "training") -> None:
     """Raise :class:`NonFiniteError` if ``loss`` or ``grad_norm`` (tensors or floats) is NaN or inf.
 
     ``step`` is the 1-based number of the step being taken (the one metrics

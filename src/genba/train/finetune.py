@@ -243,12 +243,22 @@ def build_lineage(parent_dir: Path, parent_manifest: dict, data, run_dir: Path, 
 def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
              cfg: FinetuneConfig | None = None, *, spec=None, replay: Sequence[str | os.PathLike] = (),
              read_table: Callable | None = None, lineage: dict | Callable[[], dict] | None = None,
-             progress: bool = True) -> FinetuneResult:
+             overwrite: bool = False, progress: bool = True) -> FinetuneResult:
     """Adapt ``checkpoint`` to ``data_dirs`` into ``run_dir``; see the module docstring.
 
     ``spec`` (an EmbodimentSpec) replaces the datasets' own spec; ``read_table``
     and ``lineage`` are the governance seam, as for :func:`genba.train.trainer.train`.
+    ``run_dir`` is locked for the run; one that already holds a run needs ``overwrite``.
     """
+    from genba.train.rundir import claim
+
+    with claim(run_dir, overwrite=overwrite, resume_hint=False) as out:
+        return _finetune(checkpoint, data_dirs, out, cfg, spec=spec, replay=replay, read_table=read_table,
+                         lineage=lineage, progress=progress)
+
+
+def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, *, spec, replay, read_table,
+              lineage, progress: bool) -> FinetuneResult:
     from genba.device import default_device
     from genba.data.transforms import Normalize, TransformError
     from genba.model.bundle import bundle_routes, bundle_stats, load_model
@@ -392,6 +402,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="pretrained checkpoint dir or run dir (its latest checkpoint)")
     p.add_argument("--data", required=True, type=_dirs, help="new datasets, comma-separated")
     p.add_argument("--out", required=True, type=Path, help="run directory of the adapted model")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
     p.add_argument("--mode", choices=MODES, default="lora", help="what trains besides the stems/heads")
     p.add_argument("--scope", choices=SCOPES, default="auto",
                    help="new tasks of a known machine: 'tasks' trains a routed copy of its stem/head (old tasks "
@@ -445,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
         read_table, lineage = access_from_args(argparse.Namespace(**{**vars(args),
                                                                     "data": [*args.data, *args.replay]}))
         res = finetune(args.checkpoint, args.data, args.out, cfg, spec=spec, replay=args.replay,
-                       read_table=read_table, lineage=lineage, progress=not args.no_progress)
+                       read_table=read_table, lineage=lineage, overwrite=args.overwrite, progress=not args.no_progress)
     except (FinetuneError, TrainConfigError, DatasetError, CheckpointError, BundleError, NonFiniteError) as e:
         raise CLIError(str(e)) from None
     print(f"fine-tuned {res.step} steps ({cfg.mode if cfg.init == 'pretrained' else 'from scratch'}, "
