@@ -206,7 +206,7 @@ def pretrain(args, data: list[Path]) -> Path:
         return found
     cfg = get_train_preset(args.preset).replace(minutes=args.pretrain_minutes, ckpt_every=0)
     log(f"pretraining preset {args.preset} for {args.pretrain_minutes} min on {[p.name for p in data]}")
-    res = train(cfg, data, run)
+    res = train(cfg, data, run, overwrite=True)  # no checkpoint yet: a killed attempt starts over
     log(f"pretrained {res.step} steps, loss {res.loss:.4f}: {res.checkpoint}")
     return res.checkpoint
 
@@ -228,7 +228,7 @@ def adapt(args, parent: Path, data: Path, run: Path, mode: str, init: str, scope
                          channel_map=parse_channel_map(args.emb_channel_map) if warm else (),
                          tensorboard=False, train=tc)
     t0 = time.perf_counter()
-    res = finetune(parent, [data], run, cfg, progress=False)
+    res = finetune(parent, [data], run, cfg, overwrite=True, progress=False)  # no checkpoint: start over
     log(f"  {run.name}: {init} {mode if init == 'pretrained' else 'full'} {res.step} steps, loss {res.loss:.4f}, "
         f"scoped entries {res.scoped or 'none'}, "
         f"{res.trainable_params:,} trainable params, {time.perf_counter() - t0:.0f} s")

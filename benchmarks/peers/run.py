@@ -138,7 +138,8 @@ def train_genba(ds: Path, run_dir: Path, budget_min: float, precision: str, seed
         return json.loads(meta.read_text())
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     text = run_cmd(GENBA + ["train", "--preset", "small", "--data", ds, "--out", out, "--minutes", str(budget_min),
-                            "--precision", precision, "--seed", str(seed), "--no-progress"],
+                            "--precision", precision, "--seed", str(seed), "--no-progress",
+                            "--overwrite"],  # no train.json: an earlier attempt did not finish, start over
                    log_file=run_dir / "genba-small.log")
     wall = time.perf_counter() - t0
     m = re.search(r"trained (\d+) steps, loss ([-\d.naninf]+), ([\d,.]+) samples/s; checkpoint (\S+)", text)

@@ -8,7 +8,9 @@ close, not equal. FSDP2 and DDP compute the same thing and must agree tightly.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +85,24 @@ def test_fsdp_checkpoint_loads_in_one_process(dist_runs, toy_data):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, ref[k], msg=k)
     assert len(optim.state) == len(list(model.parameters()))
+    # each rank hashed what it wrote; rank 0 recorded them all (issue 19)
+    files = json.loads((found / "train_state" / "trainer.json").read_text())["files"]
+    assert {f"train_state/{n}" for n in ("__0_0.distcp", "__1_0.distcp", "rank-00000.pt", "rank-00001.pt",
+                                         ".metadata")} | {"model.safetensors", "genba.json"} <= set(files)
+
+
+@pytest.mark.distributed
+def test_a_flipped_byte_in_another_ranks_shard_is_named(dist_runs, toy_data, tmp_path):
+    step = tmp_path / "step"
+    shutil.copytree(ckpt.latest_checkpoint(dist_runs / "fsdp"), step)
+    shard = step / "train_state" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    cfg = get_train_preset("debug")
+    model = T.build_model(get_preset("debug"), T.build_datasets(cfg, toy_data).specs, torch.device("cpu"), seed=1)
+    with pytest.raises(ckpt.CheckpointError, match=r"__1_0\.distcp: SHA-256"):
+        ckpt.load_checkpoint(step, model, T.build_optimizer(model, cfg))
 
 
 @pytest.mark.distributed

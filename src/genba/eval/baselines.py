@@ -40,6 +40,7 @@ from genba.eval.chunking import ChunkExecutor
 from genba.data.spec import EmbodimentSpec
 from genba.data.stats import stats_from_json, stats_to_json
 from genba.data.transforms import Normalize, Unnormalize, stats_by_embodiment
+from genba.finite import NonFiniteError, check_step
 
 KIND = "per-task-mlp"
 FORMAT = "genba-baseline/1"
@@ -228,7 +229,8 @@ def train_task(entry: TaskEntry, data: tuple[torch.Tensor, ...], cfg: BaselineCo
         loss = err.sum() / w[idx].sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_step(step + 1, loss, grad_norm, where=f"baseline task {entry.id!r}")  # before the update
         opt.step()
         step += 1
         loss_avg = loss.item() if step == 1 else 0.98 * loss_avg + 0.02 * loss.item()
@@ -262,6 +264,8 @@ def _train_group(cfg: BaselineConfig, entries: list[TaskEntry], seconds: float, 
             model, figures = train_task(e, data, cfg, seconds, seed, tick)
             state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
             emit(("done", e.id, state, figures))
+    except NonFiniteError as e:  # a data problem, not a bug: one line, no traceback
+        emit(("error", str(e)))
     except Exception:  # noqa: BLE001 - the parent re-raises it with the traceback
         emit(("error", traceback.format_exc()))
     emit(("exit",))
@@ -364,8 +368,7 @@ def save_baseline(out: str | os.PathLike, cfg: BaselineConfig, entries: list[Tas
                   results: dict[str, tuple[dict, dict]], specs: dict[str, EmbodimentSpec], stats: dict,
                   extra: dict | None = None) -> dict[str, Any]:
     """Write ``model.safetensors`` then ``baseline.json`` (atomically, in that order); returns the manifest."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
     missing = [e.id for e in entries if e.id not in results]
     if missing:
         raise BaselineError(f"no trained weights for tasks {missing}")
@@ -426,8 +429,7 @@ def check_baseline_tasks(directory: str | os.PathLike, task_ids: Sequence[str]) 
 
 def load_baseline(directory: str | os.PathLike) -> tuple[dict[str, TaskMLP], dict[str, Any]]:
     """``({task id: TaskMLP in eval mode}, manifest)`` of a baseline directory."""
-    d = Path(directory)
-    manifest = read_baseline_manifest(d)
+    manifest = read_baseline_manifest(d := Path(directory))
     try:
         tensors = load_file(str(d / WEIGHTS))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
@@ -459,10 +461,8 @@ class BaselinePolicy(ChunkExecutor):
         stats = {n: stats_from_json(s, source=f"{MARKER} stats[{n!r}]") for n, s in manifest["stats"].items()}
         mode = manifest.get("normalization", {}).get("mode", "mean_std")
         self._normalize, self._unnormalize = Normalize(stats, mode=mode), Unnormalize(stats, mode=mode)
-        self._by_text = {}
-        for t in manifest["tasks"]:
-            for key in (t["id"], t["en"], t["ja"]):
-                self._by_text[t["embodiment"], key] = t["id"]
+        self._by_text = {(t["embodiment"], key): t["id"] for t in manifest["tasks"]
+                         for key in (t["id"], t["en"], t["ja"])}
 
     def reset(self, n: int, embodiment: str, instruction: str) -> None:
         """Start N episodes of the task ``instruction`` (en, ja or its id) names on ``embodiment``."""

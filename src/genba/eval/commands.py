@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         others = {str(p): load_results(p) for p in args.compare}
     except (UnknownTaskError, CheckpointError, BundleError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
-    results = evaluate(cfg, args.out, progress=not args.no_progress)
+    try:
+        results = evaluate(cfg, args.out, progress=not args.no_progress)
+    except (CheckpointError, BundleError) as e:  # a worker's load failed: re-raised here, said in one line
+        raise CLIError(str(e)) from None
     if others:
         table = comparison_markdown({target: results, **others})
         (args.out / "comparison.md").write_text(table, encoding="utf-8")
@@ -66,13 +69,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_embodiments(checkpoint: str, task_ids: tuple[str, ...]) -> None:
-    """Refuse tasks whose embodiment the checkpoint has no stem and head for, before spawning workers."""
+    """Refuse a corrupt checkpoint, and tasks whose embodiment it has no stem and head for, before spawning workers."""
     from genba.envs.registry import get_task
     from genba.eval.baselines import check_baseline_tasks, is_baseline
-    from genba.model.bundle import read_manifest
+    from genba.model.bundle import read_manifest, verify_weights
 
     if is_baseline(checkpoint):
         return check_baseline_tasks(checkpoint, task_ids)
+    verify_weights(checkpoint)  # a corrupt file fails here, in one line, not in every worker
     known = set(read_manifest(checkpoint)["specs"])
     missing = sorted({get_task(t).spec.name for t in task_ids} - known)
     if missing:

@@ -11,12 +11,17 @@ weights (openpi #817, #433).
 
 Writes are atomic (temporary file, then ``os.replace``), weights first and
 ``genba.json`` last, so a directory with a ``genba.json`` always has the weights
-it describes. Loading checks the preset a caller asked for, the tensor names and
-shapes against the config, and the file size, and names the file in every error.
+it describes. ``genba.json`` records the weights' size and SHA-256; loading
+checks both (a size or content mismatch is a truncated, corrupt or replaced
+file: issue 19 found 16 flipped bytes serving silently), then the preset a
+caller asked for and the tensor names and shapes against the config, and names
+the file in every error. A bundle written before digests were recorded loads
+with the size check only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,7 +29,7 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from genba.data.spec import EmbodimentSpec, SpecError
 from genba.data.stats import stats_from_json, stats_to_json
@@ -84,7 +89,7 @@ def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mappi
         "tokenizer": tokenizer_config(model.cfg),
         "lineage": dict(lineage or {}),
         "weights": {"file": WEIGHTS, "num_bytes": (out / WEIGHTS).stat().st_size,
-                    "num_params": sum(p.numel() for p in model.parameters())},
+                    "sha256": sha256_file(out / WEIGHTS), "num_params": sum(p.numel() for p in model.parameters())},
         **dict(extra or {}),
     }
     if routes is not None and routes.routes:
@@ -92,6 +97,15 @@ def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mappi
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
     _atomic(out / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))
     return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _atomic(path: Path, write) -> None:
@@ -182,7 +196,13 @@ def load_model(directory: str | os.PathLike, *, preset: str | None = None,
     return model.eval(), manifest
 
 
-def _read_weights(path: Path, manifest: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def verify_weights(directory: str | os.PathLike) -> None:
+    """Check a bundle's weights against the size and SHA-256 its ``genba.json`` records (no model built)."""
+    directory = Path(directory)
+    _weights_bytes(directory / WEIGHTS, read_manifest(directory))
+
+
+def _weights_bytes(path: Path, manifest: Mapping[str, Any]) -> bytes:
     if not path.is_file():
         raise BundleError(f"{path}: not found")
     want = manifest.get("weights", {}).get("num_bytes")
@@ -190,8 +210,18 @@ def _read_weights(path: Path, manifest: Mapping[str, Any]) -> dict[str, torch.Te
     if want is not None and have != want:
         raise BundleError(f"{path}: {have} bytes but genba.json records {want}: the file is truncated or "
                           "was replaced")
+    data = path.read_bytes()  # read once: hashed, then parsed from memory
+    want_sha = manifest.get("weights", {}).get("sha256")
+    if want_sha is not None and (have_sha := hashlib.sha256(data).hexdigest()) != want_sha:
+        raise BundleError(f"{path}: SHA-256 {have_sha[:16]}... differs from the {want_sha[:16]}... genba.json "
+                          "records: the file is corrupt or was replaced")
+    return data
+
+
+def _read_weights(path: Path, manifest: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    data = _weights_bytes(path, manifest)
     try:
-        return load_file(str(path))
+        return load(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{path}: truncated or corrupt safetensors file ({e})") from None
 

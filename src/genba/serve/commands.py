@@ -102,11 +102,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        "must be >= 1")
     cfg = ServerConfig(batch_window_s=args.batch_window_ms / 1e3, max_inflight=args.max_inflight,
                        max_sessions=args.max_sessions, sessions_per_org=args.sessions_per_org)
-    server = PolicyServer(load_backend(str(args.checkpoint)), TokenStore(args.tokens), cfg)
+    server = PolicyServer(_load(lambda: load_backend(str(args.checkpoint))), TokenStore(args.tokens), cfg)
     ssl_kw = tls_options(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert is not None else {}
     uvicorn.run(build_app(server), host=args.host, port=args.port, ws_max_size=cfg.max_body_bytes,
                 limit_concurrency=cfg.max_inflight * 2, log_level="info", **ssl_kw)
     return 0
+
+
+def _load(load):
+    """``load()``, with a missing, truncated or corrupt checkpoint said in one line instead of a traceback."""
+    from genba.model.bundle import BundleError
+
+    try:
+        return load()
+    except BundleError as e:
+        raise CLIError(f"cannot serve this checkpoint: {e}") from None
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -192,7 +202,7 @@ async def _bridge(args, task) -> int:
     if args.checkpoint is not None:
         from genba.model.policy import load_policy
 
-        policy = load_policy(args.checkpoint)
+        policy = _load(lambda: load_policy(args.checkpoint))
 
         def act(state):
             return policy.infer({"embodiment": spec.name, "state": np.asarray(state, np.float32),

@@ -9,6 +9,15 @@ Layout of a run directory::
                                     train_state/rank-00000.pt  per-rank RNG states
     RUN_DIR/checkpoints/latest      "step-000400"
 
+Every file is checked by content: ``trainer.json`` records the size and
+SHA-256 of each file of the step (bundle, DCP shards and ``.metadata``, rank
+files; each rank hashes what it wrote) and a digest of itself, and loading
+verifies them first (the work split over the ranks), so a flipped or truncated
+byte is an error naming the file, never a silent ``loss nan``. ``latest`` may
+only name a complete step directory of its own run; an empty, foreign or
+dangling pointer, or an incomplete newest step, falls back to the newest
+complete step with a :class:`CheckpointWarning` saying so.
+
 Why it survives a kill at any moment: everything is written into
 ``step-XXXXXX.tmp``, fsynced, then renamed into place (a rename is atomic on
 POSIX); only afterwards is ``latest`` replaced (``os.replace``, atomic too). A
@@ -23,19 +32,22 @@ M ranks or in a single process (DCP reshards on load).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -43,14 +55,25 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from genba.model.bundle import MANIFEST, WEIGHTS, sha256_file
+
 LATEST = "latest"
 CKPT_DIR = "checkpoints"
 TRAIN_STATE = "train_state"
 TRAINER_JSON = "trainer.json"
+FILES = "files"  # trainer.json: {path relative to the step dir: {"sha256", "bytes"}}
+_STATE_FILE = f"{TRAIN_STATE}/{TRAINER_JSON}"
+_STEP_NAME = re.compile(r"step-\d{6,}")
+# what a step directory holds once save_checkpoint has renamed it into place
+_REQUIRED = (MANIFEST, WEIGHTS, _STATE_FILE, f"{TRAIN_STATE}/.metadata")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete or does not fit the model."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (bad ``latest``, incomplete step) and an older complete one used."""
 
 
 # ---- process helpers -------------------------------------------------------
@@ -72,31 +95,91 @@ def step_name(step: int) -> str:
 
 
 # ---- finding checkpoints ----------------------------------------------------
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint ``latest`` names, else the highest complete step dir, else None."""
-    root = Path(run_dir) / CKPT_DIR
+def incomplete(step_dir: Path) -> str | None:
+    """Why ``step_dir`` is not a complete checkpoint (None: it is)."""
+    missing = [n for n in _REQUIRED if not (step_dir / n).is_file() or (step_dir / n).stat().st_size == 0]
+    return f"lacks {', '.join(missing)}" if missing else None
+
+
+def _inside(root: Path, step_dir: Path) -> bool:
+    return step_dir.resolve().parent == root.resolve()  # a symlinked step may point at another run
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """``step-N`` directories of this run, newest first (numerically: step-1000000 sorts after step-999999)."""
+    steps = [p for p in root.glob("step-*") if _STEP_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(steps, key=lambda p: int(p.name[5:]), reverse=True)
+
+
+def _pointer_problem(root: Path) -> tuple[Path | None, str | None]:
+    """(the step ``latest`` names, None) when valid, else (None, what is wrong with it)."""
     pointer = root / LATEST
-    if pointer.is_file():
-        target = root / pointer.read_text().strip()
-        if target.is_dir():
-            return target
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return steps[-1] if steps else None
+    if not pointer.is_file():
+        return None, "is missing"
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"is unreadable ({e})"
+    if not name:
+        return None, "is empty"
+    if not _STEP_NAME.fullmatch(name):
+        return None, f"names {name!r}, not a step directory of this run"
+    target = root / name
+    if not target.is_dir():
+        return None, f"names {name}, which does not exist"
+    if not _inside(root, target):
+        return None, f"names {name}, which resolves outside {root} ({target.resolve()})"
+    why = incomplete(target)
+    return (None, f"names {name}, which is incomplete ({why})") if why else (target, None)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint ``latest`` names; else (with a warning) the newest complete step; else None.
+
+    ``latest`` is only trusted to name a step directory inside this run's
+    ``checkpoints/``: an absolute path, ``../other-run/...``, a symlink out, an
+    empty file or an incomplete step is ignored, and the fallback says so.
+    """
+    root = Path(run_dir) / CKPT_DIR
+    target, problem = _pointer_problem(root)
+    if target is not None:
+        return target
+    found, skipped = None, []
+    for step_dir in _step_dirs(root):
+        if not _inside(root, step_dir):
+            skipped.append(f"{step_dir.name} (resolves outside {root})")
+        elif why := incomplete(step_dir):
+            skipped.append(f"{step_dir.name} (incomplete: {why})")
+        else:
+            found = step_dir
+            break
+    if found is None and not skipped and problem == "is missing":
+        return None  # a run that has not saved yet: nothing to warn about
+    notes = [f"{root / LATEST} {problem}"] + ([f"skipped {', '.join(skipped)}"] if skipped else [])
+    using = f"using the newest complete checkpoint {found}" if found else f"no complete checkpoint is left in {root}"
+    warnings.warn("; ".join(notes) + f"; {using}", CheckpointWarning, stacklevel=2)
+    return found
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from itself, a run directory, or a ``checkpoints/`` folder."""
+    """A checkpoint directory from itself, a run directory, or a ``checkpoints/`` folder.
+
+    Its ``genba.json`` is checked against the digest the training state records
+    (the weights are checked against ``genba.json`` when the model loads).
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
-    if (p / "model.safetensors").is_file() or (p / "genba.json").is_file():
-        return p
+    found = p if (p / WEIGHTS).is_file() or (p / MANIFEST).is_file() else None
     for run_dir in (p, p.parent):
-        found = latest_checkpoint(run_dir) if (run_dir / CKPT_DIR).is_dir() else None
-        if found is not None:
-            return found
-    raise CheckpointError(f"{str(p)!r} is neither a checkpoint (model.safetensors + genba.json) "
-                          "nor a run directory holding checkpoints/")
+        if found is None and (run_dir / CKPT_DIR).is_dir() and run_dir / CKPT_DIR in (p, p / CKPT_DIR):
+            found = latest_checkpoint(run_dir)
+    if found is None:
+        raise CheckpointError(f"{str(p)!r} is neither a checkpoint (model.safetensors + genba.json) "
+                              "nor a run directory holding complete checkpoints in checkpoints/")
+    if (found / _STATE_FILE).is_file():
+        verify_files(found, read_trainer_state(found), only=(MANIFEST,))
+    return found
 
 
 def clean_partial(run_dir: str | Path) -> list[Path]:
@@ -177,15 +260,18 @@ def save_checkpoint(
     with _quiet_single_process():
         dcp.save({"model": model_sd, "optim": optim_sd, **(extra or {})}, checkpoint_id=str(tmp / TRAIN_STATE))
     torch.save(rank_state if rank_state is not None else rng_state(), tmp / TRAIN_STATE / f"rank-{_rank():05d}.pt")
+    files = _gather_digests(tmp)  # each rank hashes what it wrote, while rank 0 gathers the full weights
     full = full_model_state(model)
     if export is not None:
         full = export(full)
+    _refuse_non_finite(full, step, tmp)
     if _rank() == 0:
         write_bundle(tmp, full)
         state = dict(trainer_state, step=step)
         if _distributed():
             state["world_size"] = dist.get_world_size()
-        (tmp / TRAIN_STATE / TRAINER_JSON).write_text(json.dumps(state, indent=2))
+        state[FILES] = {**files, **_digests(tmp, exclude={*files, _STATE_FILE})}
+        _write_trainer_state(tmp / _STATE_FILE, state)
     _barrier()  # every rank's files are in tmp before it becomes visible
     if _rank() == 0:
         _fsync_tree(tmp)
@@ -199,12 +285,56 @@ def save_checkpoint(
     return final
 
 
+def _digest(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _digests(step_dir: Path, exclude: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Digests of every file under ``step_dir`` but ``exclude`` (relative POSIX names)."""
+    skip = set(exclude)
+    names = sorted(p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file())
+    return {n: _digest(step_dir / n) for n in names if n not in skip}
+
+
+def _gather_digests(tmp: Path) -> dict[str, dict[str, Any]]:
+    """This rank's DCP shards and rank file, hashed here; rank 0 receives every rank's table."""
+    rank = _rank()
+    mine = [*(tmp / TRAIN_STATE).glob(f"__{rank}_*.distcp"), tmp / TRAIN_STATE / f"rank-{rank:05d}.pt"]
+    table = {p.relative_to(tmp).as_posix(): _digest(p) for p in mine}
+    if not _distributed():
+        return table
+    every = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(table, every, dst=0)
+    return {k: v for t in every for k, v in t.items()} if rank == 0 else {}
+
+
+def _refuse_non_finite(full: dict[str, torch.Tensor], step: int, tmp: Path) -> None:
+    """Never write NaN/inf weights (the training guard stops before; this is the last line). Collective."""
+    bad = [k for k, v in full.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if _distributed():
+        box = [bad]
+        dist.broadcast_object_list(box, src=0)  # only rank 0 holds the gathered weights
+        bad = box[0]
+    if bad:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"refusing to save step {step}: non-finite values in {len(bad)} tensors "
+                              f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})")
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    body = {k: v for k, v in state.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _write_trainer_state(path: Path, state: dict[str, Any]) -> None:
+    path.write_text(json.dumps({**state, "digest": _state_digest(state)}, indent=2))
+
+
 def prune(root: Path, keep_last: int) -> list[Path]:
     """Remove all but the newest ``keep_last`` complete checkpoints (never the one ``latest`` names)."""
-    pointer = root / LATEST
-    keep = pointer.read_text().strip() if pointer.is_file() else None
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    doomed = [p for p in steps[: max(0, len(steps) - keep_last)] if p.name != keep]
+    keep, _ = _pointer_problem(root)
+    doomed = [p for p in _step_dirs(root)[keep_last:] if p != keep]
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
     return doomed
@@ -240,14 +370,50 @@ def _fsync_dir(path: Path) -> None:
 
 # ---- loading -------------------------------------------------------------------
 def read_trainer_state(ckpt: str | Path) -> dict[str, Any]:
-    path = Path(ckpt) / TRAIN_STATE / TRAINER_JSON
+    """``train_state/trainer.json``, checked against the digest it carries (older ones carry none)."""
+    path = Path(ckpt) / _STATE_FILE
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no {TRAIN_STATE}/{TRAINER_JSON}: "
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} has no {_STATE_FILE}: "
                               "it holds weights only and cannot resume training")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable trainer state ({e})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path}: not a trainer state (no 'step')")
+    if "digest" in state and state["digest"] != _state_digest(state):
+        raise CheckpointError(f"{path}: content does not match its digest: the file was edited or is corrupt")
+    return state
+
+
+def verify_files(ckpt: str | Path, state: dict[str, Any], only: Iterable[str] | None = None) -> None:
+    """Check the files ``state`` records (all, or ``only`` those names): size, then SHA-256 (collective).
+
+    Ranks split the files between them and share what they found, so every
+    rank raises the same :class:`CheckpointError`, naming the first bad file.
+    """
+    ckpt, table = Path(ckpt), state.get(FILES) or {}
+    names = sorted(table if only is None else (n for n in only if n in table))
+    world = dist.get_world_size() if _distributed() else 1
+    problems = [p for n in names[_rank()::world] if (p := _check_file(ckpt / n, table[n]))]
+    if _distributed():
+        every: list = [None] * world
+        dist.all_gather_object(every, problems)
+        problems = [p for ps in every for p in ps]
+    if problems:
+        more = f" (and {len(problems) - 1} more bad files)" if len(problems) > 1 else ""
+        raise CheckpointError(problems[0] + more)
+
+
+def _check_file(path: Path, want: dict[str, Any]) -> str | None:
+    if not path.is_file():
+        return f"{path}: missing, though {_STATE_FILE} records it"
+    size = path.stat().st_size
+    if size != want.get("bytes"):
+        return f"{path}: {size} bytes but {_STATE_FILE} records {want.get('bytes')}: truncated or replaced"
+    if sha256_file(path) != want.get("sha256"):
+        return f"{path}: SHA-256 differs from the one {_STATE_FILE} records: the file is corrupt or was replaced"
+    return None
 
 
 def load_checkpoint(
@@ -256,13 +422,15 @@ def load_checkpoint(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Restore model (and optimizer) from ``ckpt/train_state`` in any layout (collective).
 
-    Works for a plain single-process model as well as DDP/FSDP2-wrapped ones,
-    whatever layout wrote the checkpoint. Returns ``(trainer_state, rank_state)``;
+    Every recorded file is verified first (:func:`verify_files`). Works for a
+    plain single-process model as well as DDP/FSDP2-wrapped ones, whatever
+    layout wrote the checkpoint. Returns ``(trainer_state, rank_state)``;
     ``rank_state`` is None when this rank has no saved state (world size changed).
     ``extra`` (what ``save_checkpoint`` got as ``extra``) is loaded in place.
     """
     ckpt = Path(ckpt)
     trainer_state = read_trainer_state(ckpt)
+    verify_files(ckpt, trainer_state)
     if optimizer is None:
         model_sd = get_model_state_dict(model)
         _dcp_load({"model": model_sd}, ckpt)
@@ -272,13 +440,21 @@ def load_checkpoint(
         _dcp_load({"model": model_sd, "optim": optim_sd, **(extra or {})}, ckpt)
         set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     rank_file = ckpt / TRAIN_STATE / f"rank-{_rank():05d}.pt"
-    rank_state = torch.load(rank_file, weights_only=False) if rank_file.is_file() else None
-    return trainer_state, rank_state
+    if not rank_file.is_file():
+        return trainer_state, None
+    try:
+        return trainer_state, torch.load(rank_file, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a cut pickle raises OSError, EOFError, RuntimeError, UnpicklingError...
+        raise CheckpointError(f"{rank_file}: unreadable RNG state, truncated or corrupt "
+                              f"({type(e).__name__}: {e})") from None
 
 
 def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
     try:
         with _quiet_single_process():
             dcp.load(state, checkpoint_id=str(ckpt / TRAIN_STATE))
-    except Exception as e:  # DCP raises CheckpointException wrapping per-rank errors
-        raise CheckpointError(f"checkpoint {str(ckpt)!r}: cannot load training state into this model: {e}") from e
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException: name it
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        cause = lines[-1] if lines else type(e).__name__  # DCP wraps each rank's traceback: keep the error
+        raise CheckpointError(f"checkpoint {str(ckpt)!r}: cannot load the training state in {ckpt / TRAIN_STATE} "
+                              f"(a file there is truncated or corrupt, or it is another model's): {cause}") from None

@@ -1,7 +1,7 @@
 """`genba train`: train the generalist on one or more datasets.
 
     genba train --preset small --data runs/data/mt10,runs/data/drives --out runs/small \\
-        [--weights 2,1] [--steps N | --minutes M] [--resume] [--precision bf16] [--seed 0]
+        [--weights 2,1] [--steps N | --minutes M] [--resume | --overwrite] [--precision bf16] [--seed 0]
     torchrun --nproc_per_node 2 -m genba.cli train --preset debug ... --dist fsdp
 
 Data access goes through one seam: :func:`add_access_args` adds the options
@@ -38,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="number of optimizer steps")
     length.add_argument("--minutes", type=float, help="wall-time budget; the schedule fits the steps that fit")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start over in an OUT that already holds a run (deletes its checkpoints, metrics, config)")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="autocast precision")
     p.add_argument("--seed", type=int, help="seed for init and data order")
     p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
@@ -129,6 +132,7 @@ def _refuse_ungoverned(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from genba.data.lerobot import DatasetError
+    from genba.finite import NonFiniteError
     from genba.govern.errors import GovernanceError  # a refusal met mid-read (file altered, key shredded)
     from genba.model.bundle import BundleError
     from genba.model.config import PresetError
@@ -140,12 +144,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = get_train_preset(args.preset)
         cfg = cfg.replace(**_overrides(args))
         read_table, lineage = access_from_args(args)
-        result = train(cfg, args.data, args.out, weights=args.weights, resume=args.resume, read_table=read_table,
-                       lineage=lineage, progress=not args.no_progress)
+        result = train(cfg, args.data, args.out, weights=args.weights, resume=args.resume, overwrite=args.overwrite,
+                       read_table=read_table, lineage=lineage, progress=not args.no_progress)
         if _is_main():
             print(f"trained {result.step} steps, loss {result.loss:.4f}, {result.samples_per_s:,.0f} samples/s; "
                   f"checkpoint {result.checkpoint}")
-    except (TrainConfigError, DatasetError, CheckpointError, PresetError, BundleError, GovernanceError) as e:
+    except (TrainConfigError, DatasetError, CheckpointError, PresetError, BundleError, GovernanceError,
+            NonFiniteError) as e:
         raise CLIError(str(e)) from None
     finally:
         _leave_group()

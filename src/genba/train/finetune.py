@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -213,11 +212,9 @@ def _plain_copy(model, state_dict: dict):
 
 # ---- lineage ----------------------------------------------------------------------------
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from genba.model.bundle import sha256_file as digest  # lazy: `genba --help` stays light
+
+    return digest(path)
 
 
 def build_lineage(parent_dir: Path, parent_manifest: dict, data, run_dir: Path, cfg: FinetuneConfig,
@@ -243,12 +240,22 @@ def build_lineage(parent_dir: Path, parent_manifest: dict, data, run_dir: Path, 
 def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
              cfg: FinetuneConfig | None = None, *, spec=None, replay: Sequence[str | os.PathLike] = (),
              read_table: Callable | None = None, lineage: dict | Callable[[], dict] | None = None,
-             progress: bool = True) -> FinetuneResult:
+             overwrite: bool = False, progress: bool = True) -> FinetuneResult:
     """Adapt ``checkpoint`` to ``data_dirs`` into ``run_dir``; see the module docstring.
 
     ``spec`` (an EmbodimentSpec) replaces the datasets' own spec; ``read_table``
     and ``lineage`` are the governance seam, as for :func:`genba.train.trainer.train`.
+    ``run_dir`` is locked for the run; one that already holds a run needs ``overwrite``.
     """
+    from genba.train.rundir import claim
+
+    with claim(run_dir, overwrite=overwrite, resume_hint=False) as out:
+        return _finetune(checkpoint, data_dirs, out, cfg, spec=spec, replay=replay, read_table=read_table,
+                         lineage=lineage, progress=progress)
+
+
+def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, *, spec, replay, read_table,
+              lineage, progress: bool) -> FinetuneResult:
     from genba.device import default_device
     from genba.data.transforms import Normalize, TransformError
     from genba.model.bundle import bundle_routes, bundle_stats, load_model
@@ -328,6 +335,7 @@ def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifes
            norm_mode: str, progress: bool, routes=None):
     """AdamW over the trainable parameters, the trainer's schedule and batches; one checkpoint at the end."""
     from genba.data.reader import mixed_sampler
+    from genba.finite import check_step
     from genba.model.bundle import save_bundle
     from genba.model.lora import merged_state_dict
     from genba.train import checkpoint as ckpt
@@ -356,6 +364,7 @@ def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifes
             loss.backward()
             params = [p for p in model.parameters() if p.grad is not None]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf")))
+            check_step(step + 1, loss, grad_norm, where="finetune")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -390,6 +399,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="pretrained checkpoint dir or run dir (its latest checkpoint)")
     p.add_argument("--data", required=True, type=_dirs, help="new datasets, comma-separated")
     p.add_argument("--out", required=True, type=Path, help="run directory of the adapted model")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
     p.add_argument("--mode", choices=MODES, default="lora", help="what trains besides the stems/heads")
     p.add_argument("--scope", choices=SCOPES, default="auto",
                    help="new tasks of a known machine: 'tasks' trains a routed copy of its stem/head (old tasks "
@@ -424,6 +434,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from genba.data.lerobot import DatasetError
+    from genba.finite import NonFiniteError
     from genba.model.bundle import BundleError
     from genba.train.checkpoint import CheckpointError
     from genba.train.commands import access_from_args
@@ -442,8 +453,8 @@ def run(args: argparse.Namespace) -> int:
         read_table, lineage = access_from_args(argparse.Namespace(**{**vars(args),
                                                                     "data": [*args.data, *args.replay]}))
         res = finetune(args.checkpoint, args.data, args.out, cfg, spec=spec, replay=args.replay,
-                       read_table=read_table, lineage=lineage, progress=not args.no_progress)
-    except (FinetuneError, TrainConfigError, DatasetError, CheckpointError, BundleError) as e:
+                       read_table=read_table, lineage=lineage, overwrite=args.overwrite, progress=not args.no_progress)
+    except (FinetuneError, TrainConfigError, DatasetError, CheckpointError, BundleError, NonFiniteError) as e:
         raise CLIError(str(e)) from None
     print(f"fine-tuned {res.step} steps ({cfg.mode if cfg.init == 'pretrained' else 'from scratch'}, "
           f"{res.trainable_params:,} trainable parameters), loss {res.loss:.4f}; added {res.added or 'none'}, "

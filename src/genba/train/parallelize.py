@@ -53,14 +53,28 @@ def data_rank(rank: int, world: int, plan: ParallelPlan) -> tuple[int, int]:
 
 
 class LossModule(nn.Module):
-    """``forward(batch) = model.loss(batch)``, so DDP's forward hooks see the loss."""
+    """``forward(batch) = model.loss(batch)``, so DDP's forward hooks see the loss.
 
-    def __init__(self, model: nn.Module) -> None:
+    With ``touch_idle`` the stems and heads of embodiments absent from the
+    batch join the graph as ``0 * sum(params)``: every parameter then gets a
+    gradient every step (zero where idle), so DDP needs no
+    ``find_unused_parameters`` search of the autograd graph each step (issue 19).
+    """
+
+    def __init__(self, model: nn.Module, touch_idle: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.touch_idle = touch_idle
 
     def forward(self, batch):
-        return self.model.loss(batch)
+        loss, metrics = self.model.loss(batch)
+        if self.touch_idle:
+            idle = [p for name in getattr(self.model, "stems", {}) if name not in batch
+                    for part in (self.model.stems[name], self.model.heads[name])
+                    for p in part.parameters() if p.requires_grad]
+            if idle:
+                loss = loss + 0.0 * sum(p.sum() for p in idle)  # (); zero value, gradient 0 for each idle param
+        return loss, metrics
 
 
 def build_mesh(device: torch.device) -> DeviceMesh | None:
@@ -121,10 +135,10 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, ignored: set | None = None) -
 
 
 def apply_ddp(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
-    """Replicate with DDP; unused-parameter detection for embodiments absent on a rank."""
+    """Replicate with DDP; ``module`` must use every parameter each step (LossModule's ``touch_idle``)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(module, process_group=mesh.get_group(), find_unused_parameters=True)
+    return DDP(module, process_group=mesh.get_group(), find_unused_parameters=False)
 
 
 def parallelize(model: nn.Module, plan: ParallelPlan, mesh: DeviceMesh | None) -> nn.Module:
@@ -155,5 +169,5 @@ def parallelize(model: nn.Module, plan: ParallelPlan, mesh: DeviceMesh | None) -
             apply_fsdp(model, mesh, ignored)
         return LossModule(model)
     if plan.dist == "ddp":
-        return apply_ddp(LossModule(model), mesh)
+        return apply_ddp(LossModule(model, touch_idle=True), mesh)
     return LossModule(model)

@@ -33,10 +33,12 @@ from genba.data.reader import MixedDataset, WindowDataset, mixed_sampler
 from genba.data.spec import diff_specs
 from genba.data.transforms import Normalize, TokenizeInstruction, compose
 from genba.device import autocast_dtype, default_device, distributed_backend
+from genba.finite import check_step
 from genba.model.bundle import save_bundle
 from genba.model.config import ModelConfig, get_preset
 from genba.model.generalist import Generalist
 from genba.train import checkpoint as ckpt
+from genba.train import rundir
 from genba.train.config import TrainConfig, TrainConfigError
 from genba.train.ema import WeightEMA
 from genba.train.monitor import Monitor
@@ -256,18 +258,29 @@ class _State:
 
 
 def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str | os.PathLike, *,
-          weights: Sequence[float] | None = None, resume: bool = False, read_table: Callable | None = None,
-          lineage: dict | Callable[[], dict] | None = None, stop_at: int | None = None, progress: bool = True) -> TrainResult:
+          weights: Sequence[float] | None = None, resume: bool = False, overwrite: bool = False,
+          read_table: Callable | None = None, lineage: dict | Callable[[], dict] | None = None,
+          stop_at: int | None = None, progress: bool = True) -> TrainResult:
     """Train ``cfg`` on ``data_dirs`` into ``run_dir``; see the module docstring.
 
-    ``lineage`` (datasets' manifests, audit entries...) is merged into the
-    checkpoint's lineage; it may be a callable, evaluated once the datasets are
-    open (the governed reader knows what it authorized only then). ``stop_at`` ends this session
-    after that step with a checkpoint, as if killed there (tests, demos).
+    ``run_dir`` is locked for the run (a second run into it fails at once); if
+    it already holds a run, ``resume`` continues it and ``overwrite`` starts it
+    over (:mod:`genba.train.rundir`). ``lineage`` (datasets' manifests, audit
+    entries...) is merged into the checkpoint's lineage; it may be a callable,
+    evaluated once the datasets are open (the governed reader knows what it
+    authorized only then). ``stop_at`` ends this session after that step with a
+    checkpoint, as if killed there (tests, demos).
     """
     t0 = time.perf_counter()
     world, device = init_distributed(cfg)
-    run_dir = Path(run_dir)
+    with rundir.claim(run_dir, resume=resume, overwrite=overwrite, main=world.main) as run_dir:
+        return _train(cfg, data_dirs, run_dir, world, device, t0, weights=weights, resume=resume,
+                      read_table=read_table, lineage=lineage, stop_at=stop_at, progress=progress)
+
+
+def _train(cfg: TrainConfig, data_dirs, run_dir: Path, world: Dist, device: torch.device, t0: float, *, weights,
+           resume: bool, read_table, lineage, stop_at: int | None, progress: bool) -> TrainResult:
+    """The run itself, with ``run_dir`` held."""
     model_cfg = get_preset(cfg.model)
     if cfg.batch_size % world.world:
         raise TrainConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world.world} processes")
@@ -323,6 +336,7 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
                 loss, metrics = module(batch)
             loss.backward()
             grad_norm = _clip(model, cfg.grad_clip, mixed_meshes=cfg.tp > 1 or cfg.ep > 1)
+            check_step(state.step + 1, loss, grad_norm, parts=metrics)  # before the update: weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -362,7 +376,7 @@ def _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world, ema=None
         if world.main:
             print(f"genba train: --resume but no checkpoint in {run_dir}; starting from scratch")
         return None
-    saved = _read_json(run_dir / "config.json").get("train", {})
+    saved = rundir.read_json(run_dir / "config.json").get("train", {})
     if saved and saved.get("model") != cfg.model:
         raise TrainConfigError(f"--resume: {run_dir} was trained with model preset {saved.get('model')!r}, "
                                f"not {cfg.model!r}")
@@ -472,14 +486,5 @@ def _save_weights(directory: Path, model_cfg: ModelConfig, data: TrainData, full
 
 
 def _write_run_config(run_dir: Path, cfg: TrainConfig, data_dirs, weights) -> None:
-    import json
-
-    doc = {"train": cfg.to_dict(), "data": [str(d) for d in data_dirs],
-           "weights": list(weights) if weights is not None else None}
-    (run_dir / "config.json").write_text(json.dumps(doc, indent=2))
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text()) if path.is_file() else {}
+    rundir.write_run_config(run_dir, {"train": cfg.to_dict(), "data": [str(d) for d in data_dirs],
+                                      "weights": list(weights) if weights is not None else None})
