@@ -29,11 +29,11 @@ import torch
 from genba.data.stats import compute_stats
 from genba.model.bundle import save_bundle
 from genba.model.commands import nominal_specs
-from genba.model.config import get_preset
+from genba.model.config import EXECUTE_MODES, get_preset
 from genba.model.policy import load_policy
 from genba.train.trainer import build_model
 
-MODES = ("ensemble", "replan", "chunk")
+MODES = (*EXECUTE_MODES, "chunk")  # chunk: a whole chunk played open loop per model call
 
 
 def untrained_checkpoint(preset: str, root: Path) -> Path:

@@ -22,6 +22,7 @@ import argparse
 import numpy as np
 import torch
 
+from genba.data.language import LANGS
 from genba.data.opener import open_dataset
 from genba.data.reader import WindowDataset
 from genba.model.policy import load_policy
@@ -43,7 +44,7 @@ def main() -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("--data", required=True, help="one dataset directory (one embodiment)")
     ap.add_argument("--frames", type=int, default=256, help="windows per task")
-    ap.add_argument("--lang", choices=("en", "ja"), default="en")
+    ap.add_argument("--lang", choices=LANGS, default="en")
     args = ap.parse_args()
     policy = load_policy(args.checkpoint)
     ds = open_dataset(args.data)

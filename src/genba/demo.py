@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Callable
 
 from genba.cli import CLIError
+from genba.data.language import LANGS
+from genba.train.recipes import get_recipe
 
 STATE_FILE = "demo-state.json"
 LAB, TRAINER = "genba-lab", "genba-lab/trainer"
@@ -44,6 +46,7 @@ OUTSIDER = "electronics/engineer"  # a member principal with no grant on the aut
 JP_SITE, FOREIGN_SITE = "tokyo-1", "us-west-1"
 SITES = ((JP_SITE, "JP", "genba lab, Tokyo"), (FOREIGN_SITE, "US", "overseas public cloud"))
 PURPOSES = ("pretraining", "evaluation")
+RECIPE = {False: "demo", True: "demo-quick"}  # genba.train.recipes: the data, weights, noise and preset trained
 
 
 @dataclass(frozen=True)
@@ -57,22 +60,14 @@ class MemberPlan:
     noise: str = ""  # DART levels of its demonstrations, as `genba collect --noise` takes them ("" = plain)
 
 
-# The Jaco arm's demonstrations are collected with DART noise: measured jaco-only (`small`, 7 min,
-# 30 episodes), push 0.43 -> 0.73 and reach 0.87 -> 0.97. The same level on all of MT10 lost peg-insert
-# (0.67 -> 0.17), so of MT10 only reach-v3 takes it: its clone stopped a few mm short of the goal and
-# drifted off the expert's straight line, where no plain demonstration shows a correction (20-minute
-# runs: reach 0.86 and 0.84 plain, 0.98 and 0.94 with noise). The drives' speed tasks take a small level
-# (0.01): it excites the inner current loop the speed expert closes (its gain is otherwise
-# unidentifiable from demonstrations that track the demand). Measured drives-only (`small`, 7 min, 30
-# episodes), plain -> noisy speed tasks: PMSM speed success 0.90 -> 1.00, DC speed 0.93 -> 0.93; 0.03 on
-# DC speed tracked tighter but tripped more (0.72 in a 20-minute run). The current tasks stay plain.
+# Each member's DART noise is its collection's in the demo recipe (genba.train.recipes says why).
 MEMBERS = (
     MemberPlan("automaker", "Automaker (Sawyer-arm demonstrations)", "mt10", "confidential",
-               noise="metaworld/reach-v3=0.2"),
+               noise=get_recipe("demo").noise_of("mt10")),
     MemberPlan("steelworks", "Steelworks (electric-drive telemetry)", "drives", "restricted",
-               noise="drive/pmsm-speed=0.01,drive/dc-speed=0.01"),
+               noise=get_recipe("demo").noise_of("drives")),
     MemberPlan("electronics", "Electronics maker (joint-space arm demonstrations)", "arms", "internal",
-               noise="arms=0.2"),
+               noise=get_recipe("demo").noise_of("arms")),
 )
 
 
@@ -103,11 +98,15 @@ def build_config(args: argparse.Namespace) -> DemoConfig:
     budget = args.budget if args.budget is not None else (0.5 if quick else 10.0)
     if not budget > 0:
         raise CLIError(f"--budget must be a positive number of minutes, got {budget}")
+    recipe = get_recipe(RECIPE[quick])
+    episodes = recipe.collections[0].episodes
     if quick:  # minutes matter more than figures: few episodes, capped and re-planned, evaluated in-process
-        return DemoConfig(out=out, quick=True, budget_min=float(budget), episodes=2, eval_episodes=2, preset="tiny",
+        return DemoConfig(out=out, quick=True, budget_min=float(budget), episodes=episodes, eval_episodes=2,
+                          preset=recipe.preset,
                           procs=args.procs or 1, workers=2, serve_seconds=3.0, eval_max_steps=120,
                           eval_execute="replan")
-    return DemoConfig(out=out, quick=False, budget_min=float(budget), episodes=30, eval_episodes=20, preset="small",
+    return DemoConfig(out=out, quick=False, budget_min=float(budget), episodes=episodes, eval_episodes=20,
+                      preset=recipe.preset,
                       procs=args.procs or 2, workers=2, serve_seconds=6.0)
 
 
@@ -294,11 +293,9 @@ def stage_ingest(demo: Demo) -> dict:
 
 def train_command(demo: Demo, claim: Path) -> list[str]:
     """``genba train --governed ...`` at the JP site, under torchrun when several processes train."""
-    datasets = demo.datasets()
     args = ["train", "--governed", "--home", str(demo.home), "--principal", TRAINER, "--site-claim", str(claim),
-            "--purpose", "pretraining", "--run-id", f"{demo.root.name}-pretrain", "--preset", demo.cfg.preset,
-            "--minutes", f"{demo.cfg.budget_min:g}", "--data", ",".join(str(d["governed"]) for d in datasets),
-            "--weights", ",".join(str(len(d["tasks"])) for d in datasets), "--out", str(demo.train_dir)]
+            "--purpose", "pretraining", "--run-id", f"{demo.root.name}-pretrain", "--recipe", RECIPE[demo.cfg.quick],
+            "--data-root", str(demo.root), "--minutes", f"{demo.cfg.budget_min:g}", "--out", str(demo.train_dir)]
     if demo.train_dir.is_dir():
         args.append("--resume")  # continues from the latest checkpoint (or starts over if there is none)
     if demo.cfg.procs > 1:
@@ -342,7 +339,7 @@ def stage_evaluate(demo: Demo) -> dict:
 
     ckpt = str(demo.checkpoint())
     summary = {}
-    for lang in ("en", "ja"):
+    for lang in LANGS:
         out = demo.root / f"eval-{lang}"
         if not demo.state.part_done("evaluate", lang):
             discard(out)

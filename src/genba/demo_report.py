@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from genba.data.language import LANGS
+
 REPORT = "report.md"
-LANGS = ("en", "ja")
 
 
 def _pyplot():

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genba.data import stats as S
+from genba.data.language import LANGS
 from genba.data.lerobot import (_ARROW_TYPES, _GENBA_KEYS, ACTION, CODEBASE_VERSION, EPISODES_PATH,
                                 GENBA_PATH, INFO_PATH, STATE, STATS_PATH, TASKS_PATH, DatasetError,
                                 EpisodeRange, feature_names)
@@ -91,8 +92,8 @@ class Dataset:
         return {k: v for k, v in self.genba.items() if k not in _GENBA_KEYS}
 
     def instruction(self, task_index: int, lang: str = "en") -> str:
-        if lang not in ("en", "ja"):
-            raise ValueError(f"instruction language {lang!r}: expected 'en' or 'ja'")
+        if lang not in LANGS:
+            raise ValueError(f"instruction language {lang!r}: expected {' or '.join(map(repr, LANGS))}")
         return self.tasks[task_index][lang]
 
 

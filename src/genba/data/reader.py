@@ -28,10 +28,10 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
+from genba.data.language import LANGS, TRAIN_LANGS
 from genba.data.opener import Dataset
 
 Transform = Callable[[dict], dict]
-LANGS = ("en", "ja", "mix")
 
 
 class WindowDataset(TorchDataset):
@@ -41,15 +41,15 @@ class WindowDataset(TorchDataset):
                  transforms: Transform | None = None, seed: int = 0):
         if history < 1 or chunk < 1:
             raise ValueError(f"history and chunk must be >= 1, got history={history}, chunk={chunk}")
-        if lang not in LANGS:
-            raise ValueError(f"lang {lang!r}: expected one of {LANGS}")
+        if lang not in TRAIN_LANGS:
+            raise ValueError(f"lang {lang!r}: expected one of {TRAIN_LANGS}")
         self.dataset, self.history, self.chunk, self.lang = dataset, history, chunk, lang
         self.transforms, self.seed = transforms, seed
         self.embodiment = dataset.spec.name
         self._obs = torch.from_numpy(np.ascontiguousarray(dataset.observation, dtype=np.float32))
         self._act = torch.from_numpy(np.ascontiguousarray(dataset.action, dtype=np.float32))
         self._task = dataset.task_index.astype(np.int64)
-        self._instructions = {lg: [t[lg] for t in dataset.tasks] for lg in ("en", "ja")}
+        self._instructions = {lg: [t[lg] for t in dataset.tasks] for lg in LANGS}
         self._build_index()
 
     def _build_index(self) -> None:

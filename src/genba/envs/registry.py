@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 import gymnasium as gym
 import numpy as np
 
+from genba.data.language import LANGS
 from genba.data.spec import EmbodimentSpec
 
 
@@ -54,8 +55,8 @@ class Task:
         return self.spec.name
 
     def instruction(self, lang: str = "en") -> str:
-        if lang not in ("en", "ja"):
-            raise ValueError(f"instruction language {lang!r}: expected 'en' or 'ja'")
+        if lang not in LANGS:
+            raise ValueError(f"instruction language {lang!r}: expected {' or '.join(map(repr, LANGS))}")
         return self.instruction_en if lang == "en" else self.instruction_ja
 
 

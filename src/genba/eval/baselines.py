@@ -41,6 +41,7 @@ from genba.data.spec import EmbodimentSpec
 from genba.data.stats import stats_from_json, stats_to_json
 from genba.data.transforms import Normalize, Unnormalize, stats_by_embodiment
 from genba.finite import NonFiniteError, check_step
+from genba.model.config import EXECUTE_MODES
 
 KIND = "per-task-mlp"
 FORMAT = "genba-baseline/1"
@@ -452,8 +453,8 @@ class BaselinePolicy(ChunkExecutor):
 
     def __init__(self, mlps: dict[str, TaskMLP], manifest: dict[str, Any], *, execute: str = "ensemble",
                  replan_every: int | None = None, ensemble_m: float = 0.1) -> None:
-        if execute not in ("ensemble", "replan"):
-            raise ValueError(f"execute {execute!r}: expected 'ensemble' or 'replan'")
+        if execute not in EXECUTE_MODES:
+            raise ValueError(f"execute {execute!r}: expected one of {EXECUTE_MODES}")
         self.mlps, self.manifest = mlps, manifest
         self.history, self.chunk = int(manifest["config"]["history"]), int(manifest["config"]["chunk"])
         self.execute, self.ensemble_m = execute, ensemble_m

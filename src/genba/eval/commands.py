@@ -12,27 +12,47 @@ results (e.g. the expert's, or the other language's).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from genba.cli import CLIError
+from genba.configflags import add_config_flags, given_values
+from genba.data.language import LANGS
+from genba.model.config import EXECUTE_CHOICES
+
+# --help of each EvalConfig field (the config lives in genba.eval.rollout)
+EVAL_HELP = {
+    "checkpoint": "checkpoint dir, run dir, or 'expert'",
+    "tasks": "task ids and/or groups, comma-separated (mt10, drives, arms, ...)",
+    "episodes": "episodes per task",
+    "lang": "instruction language",
+    "workers": "worker processes",
+    "lockstep": "envs stepped together per batched model call",
+    "seed_base": "selects another disjoint set of evaluation seeds",
+    "max_steps": "cap every episode at this many steps",
+    "execute": "chunk execution (auto: re-plan every step on machines at >= 1 kHz, else temporal ensembling)",
+    "replan_every": "steps between fresh chunks with --execute replan",
+    "trace_drives": "no reference-vs-actual trace of episode 0 of each drive task",
+}
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """What `genba eval` takes besides the EvalConfig; each field is a flag, its comment the help."""
+
+    out: Path  # report directory
+    compare: tuple[Path, ...] = ()  # earlier results.json (or dirs) to tabulate beside
+    progress: bool = True  # no progress bar
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="closed-loop evaluation on unseen seeds", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="checkpoint dir, run dir, or 'expert'")
-    p.add_argument("--tasks", required=True, help="task ids and/or groups, comma-separated (mt10, drives, arms, ...)")
-    p.add_argument("--episodes", type=int, default=50, help="episodes per task")
-    p.add_argument("--lang", choices=("en", "ja"), default="en", help="instruction language")
-    p.add_argument("--workers", type=int, default=2, help="worker processes")
-    p.add_argument("--lockstep", type=int, default=10, help="envs stepped together per batched model call")
-    p.add_argument("--execute", choices=("auto", "ensemble", "replan"), default="auto",
-                   help="chunk execution (auto: re-plan every step on machines at >= 1 kHz, else temporal ensembling)")
-    p.add_argument("--replan-every", type=int, default=None, help="steps between fresh chunks with --execute replan")
-    p.add_argument("--max-steps", type=int, default=None, help="cap every episode at this many steps")
-    p.add_argument("--seed-base", type=int, default=0, help="selects another disjoint set of evaluation seeds")
-    p.add_argument("--compare", type=Path, nargs="*", default=(), help="earlier results.json (or dirs) to tabulate beside")
-    p.add_argument("--out", required=True, type=Path, help="report directory")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from genba.eval.rollout import EvalConfig
+
+    p = subparsers.add_parser("eval", help="closed-loop evaluation on unseen seeds",
+                              description=__doc__.split("\n\n")[0])
+    add_config_flags(p, EvalConfig, defaults=True, positional=("checkpoint",), required=("tasks",), help=EVAL_HELP,
+                     choices={"lang": LANGS, "execute": EXECUTE_CHOICES}, kw={"tasks": {"type": str}})
+    add_config_flags(p, EvalArgs, defaults=True, required=("out",), kw={"compare": {"nargs": "*", "type": Path}})
     p.set_defaults(func=run)
 
 
@@ -46,16 +66,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         target = resolve_target(args.checkpoint)
         tasks = tuple(t.id for t in resolve(args.tasks))
-        cfg = EvalConfig(checkpoint=target, tasks=tasks, episodes=args.episodes, lang=args.lang, workers=args.workers,
-                         lockstep=args.lockstep, seed_base=args.seed_base, max_steps=args.max_steps,
-                         execute=args.execute, replan_every=args.replan_every)
+        cfg = EvalConfig(**{**given_values(args, EvalConfig), "checkpoint": target, "tasks": tasks})
         if target != "expert":
             _check_embodiments(target, tasks)
         others = {str(p): load_results(p) for p in args.compare}
     except (UnknownTaskError, CheckpointError, BundleError, ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
     try:
-        results = evaluate(cfg, args.out, progress=not args.no_progress)
+        results = evaluate(cfg, args.out, progress=args.progress)
     except (CheckpointError, BundleError) as e:  # a worker's load failed: re-raised here, said in one line
         raise CLIError(str(e)) from None
     if others:

@@ -35,11 +35,12 @@ from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstructi
 from genba.envs import registry
 from genba.envs.seeds import eval_seed
 from genba.eval.metrics import EpisodeResult, count_violations
+from genba.data.language import LANGS
+from genba.model.config import EXECUTE_CHOICES, EXECUTE_MODES
 
 EXPERT = "expert"  # pseudo-checkpoint: the tasks' scripted experts through the same harness
 
 
-EXECUTE_CHOICES = ("auto", "ensemble", "replan")
 AUTO_REPLAN_HZ = 1000.0  # control rates at which ``auto`` re-plans every step (the drives run at 10 kHz)
 
 
@@ -64,8 +65,8 @@ class EvalConfig:
             raise ValueError("episodes, workers and lockstep must be >= 1")
         if self.execute not in EXECUTE_CHOICES:
             raise ValueError(f"execute {self.execute!r}: expected one of {EXECUTE_CHOICES}")
-        if self.lang not in ("en", "ja"):
-            raise ValueError(f"lang {self.lang!r}: expected 'en' or 'ja'")
+        if self.lang not in LANGS:
+            raise ValueError(f"lang {self.lang!r}: expected one of {LANGS}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -77,8 +78,8 @@ class BatchedPolicy(ChunkExecutor):
     def __init__(self, model, stats, *, execute: str = "ensemble", replan_every: int | None = None,
                  ensemble_m: float = 0.1, seed: int = 0, device: torch.device | str = "cpu",
                  normalization: str = "mean_std", routes: RouteInstruction | None = None) -> None:
-        if execute not in ("ensemble", "replan"):
-            raise ValueError(f"execute {execute!r}: expected 'ensemble' or 'replan'")
+        if execute not in EXECUTE_MODES:
+            raise ValueError(f"execute {execute!r}: expected one of {EXECUTE_MODES}")
         self.model, self.cfg, self.device = model.eval(), model.cfg, torch.device(device)
         self.execute, self.ensemble_m, self.seed = execute, ensemble_m, seed
         self.replan_every = replan_every if replan_every is not None else max(1, self.cfg.chunk // 2)

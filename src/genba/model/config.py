@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 HEAD_TYPES = ("l1", "flow")
 ROUTER_TYPES = ("softmax", "sigmoid")
+# How a policy plays its action chunks (genba.model.policy): temporal ensembling of overlapping chunks, or a
+# fresh chunk every few steps played open loop. ``auto`` (eval, the demo) picks one per machine by control rate.
+EXECUTE_MODES = ("ensemble", "replan")
+EXECUTE_CHOICES = ("auto", *EXECUTE_MODES)
 
 
 class PresetError(KeyError):

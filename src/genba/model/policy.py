@@ -43,9 +43,8 @@ import torch
 from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstruction, Unnormalize
 from genba.device import default_device
 from genba.model.bundle import BundleError, bundle_routes, bundle_stats, check_routes, load_model
+from genba.model.config import EXECUTE_MODES
 from genba.model.generalist import Generalist
-
-EXECUTE_MODES = ("ensemble", "replan")
 
 
 class Policy:

@@ -2,6 +2,7 @@
 
     genba train --preset small --data runs/data/mt10,runs/data/drives --out runs/small \\
         [--weights 2,1] [--steps N | --minutes M] [--resume | --overwrite] [--precision bf16] [--seed 0]
+    genba train --recipe accept-20min --out runs/accept    # datasets, weights and preset by name
     torchrun --nproc_per_node 2 -m genba.cli train --preset debug ... --dist fsdp
 
 Data access goes through one seam: :func:`add_access_args` adds the options
@@ -21,56 +22,63 @@ before reading a byte with an error naming the policy that denied it.
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from genba.cli import CLIError
+from genba.configflags import add_config_flags, given_values
 from genba.govern.manifest import PURPOSES
+from genba.train.config import CHOICES, TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """What `genba train` takes besides the TrainConfig; each field is a flag, its comment the help."""
+
+    out: Path  # run directory (checkpoints, metrics.jsonl, tb/)
+    recipe: str | None = None  # named recipe: preset, datasets and their weights (list: `genba recipes`)
+    preset: str | None = None  # train or model preset, e.g. debug, small, small-20min (default: the recipe's, else small)
+    data: tuple[Path, ...] = ()  # dataset directories, comma-separated (one per embodiment); default: the recipe's
+    data_root: Path = Path(".")  # the directory a recipe's dataset paths are relative to
+    weights: tuple[float, ...] | None = None  # sampling weight per dataset, comma-separated; default: the recipe's
+    resume: bool = False  # continue from OUT's latest checkpoint
+    overwrite: bool = False  # start over in an OUT holding a run (deletes its checkpoints, metrics, config)
+    dry_run: bool = False  # print the resolved config, datasets and weights as JSON; train nothing
+    progress: bool = True  # no progress bar (logs only)
+
+
+@dataclass(frozen=True)
+class DataAccess:
+    """How dataset files are read: plainly, or through the governance layer (see the module docstring)."""
+
+    governed: bool = False  # read every dataset through governance (site claim, Cedar policy, audit, decryption)
+    home: Path | None = None  # consortium home (default: $GENBA_HOME, else ~/.genba)
+    principal: str | None = None  # who trains, as ORG/NAME (e.g. genba-lab/trainer)
+    site_claim: Path | None = None  # signed site claim of this compute site (JSON)
+    purpose: str = "pretraining"  # declared purpose of the reads
+    run_id: str | None = None  # run id recorded in the audit log (default: the --out dir name)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train the generalist on demonstration datasets",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="small", help="train preset (debug, small, small-20min, ...) or model preset")
-    p.add_argument("--data", required=True, type=_dirs, help="dataset directories, comma-separated (one per embodiment)")
-    p.add_argument("--weights", type=_floats, default=None, help="sampling weight per --data dir, comma-separated")
-    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, metrics.jsonl, tb/)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="number of optimizer steps")
-    length.add_argument("--minutes", type=float, help="wall-time budget; the schedule fits the steps that fit")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
-    again.add_argument("--overwrite", action="store_true",
-                       help="start over in an OUT that already holds a run (deletes its checkpoints, metrics, config)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="autocast precision")
-    p.add_argument("--seed", type=int, help="seed for init and data order")
-    p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--min-lr-ratio", type=float, help="the cosine schedule ends at lr times this")
-    p.add_argument("--ema-decay", type=float,
-                   help="export the weights' moving average with this decay, e.g. 0.999 (0: the raw weights)")
-    p.add_argument("--lang", choices=("en", "ja", "mix"), help="instruction language drawn in training")
-    p.add_argument("--dist", choices=("none", "ddp", "fsdp"), help="data parallelism under torchrun")
-    p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--tp", type=int, help="tensor-parallel ranks (needs --dist fsdp)")
-    p.add_argument("--ep", type=int, help="expert-parallel ranks for MoE presets (needs --dist fsdp)")
-    p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
-    p.add_argument("--compile", action="store_true", help="torch.compile each block")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    add_config_flags(p, TrainArgs, defaults=True, required=("out",), exclusive=(("resume", "overwrite"),),
+                     kw={"data": {"type": _dirs}, "weights": {"type": _floats}})
+    add_config_flags(p, TrainConfig, skip=("name",), exclusive=(("steps", "minutes"),), choices=CHOICES)
     add_access_args(p)
     p.set_defaults(func=run)
+    r = subparsers.add_parser("recipes", help="named training recipes: datasets, weights, DART noise, preset",
+                              description="List the recipes `genba train --recipe` takes, or show one's commands.")
+    r.add_argument("name", nargs="?", help="show this recipe's collect and train commands")
+    r.set_defaults(func=run_recipes)
 
 
 def add_access_args(p: argparse.ArgumentParser) -> None:
     """Options choosing how dataset files are read: plain, or through the governance layer."""
     g = p.add_argument_group("governed data access (consortium datasets)")
-    g.add_argument("--governed", action="store_true",
-                   help="read every dataset through the governance layer (site claim, Cedar policy, audit, decryption)")
-    g.add_argument("--home", type=Path, default=None, help="consortium home (default: $GENBA_HOME, else ~/.genba)")
-    g.add_argument("--principal", default=None, help="who trains, as ORG/NAME (e.g. genba-lab/trainer)")
-    g.add_argument("--site-claim", type=Path, default=None, help="signed site claim of this compute site (JSON)")
-    g.add_argument("--purpose", default="pretraining", choices=PURPOSES, help="declared purpose of the reads")
-    g.add_argument("--run-id", default=None, help="run id recorded in the audit log (default: the --out dir name)")
+    add_config_flags(g, DataAccess, defaults=True, choices={"purpose": PURPOSES})
 
 
 def access_from_args(args: argparse.Namespace) -> tuple[Callable | None, dict | Callable[[], dict] | None]:
@@ -137,40 +145,74 @@ def run(args: argparse.Namespace) -> int:
     from genba.model.bundle import BundleError
     from genba.model.config import PresetError
     from genba.train.checkpoint import CheckpointError
-    from genba.train.config import TrainConfigError, get_train_preset
+    from genba.train.config import TrainConfigError
+    from genba.train.recipes import RecipeError
     from genba.train.trainer import train
 
     try:
-        cfg = get_train_preset(args.preset)
-        cfg = cfg.replace(**_overrides(args))
+        cfg, args.data, weights = resolve_run(args)
+        if args.dry_run:
+            print(json.dumps({"recipe": args.recipe, "config": cfg.to_dict(), "data": [str(d) for d in args.data],
+                              "weights": weights}, indent=1))
+            return 0
         read_table, lineage = access_from_args(args)
-        result = train(cfg, args.data, args.out, weights=args.weights, resume=args.resume, overwrite=args.overwrite,
-                       read_table=read_table, lineage=lineage, progress=not args.no_progress)
+        result = train(cfg, args.data, args.out, weights=weights, resume=args.resume, overwrite=args.overwrite,
+                       read_table=read_table, lineage=lineage, progress=args.progress)
         if _is_main():
             print(f"trained {result.step} steps, loss {result.loss:.4f}, {result.samples_per_s:,.0f} samples/s; "
                   f"checkpoint {result.checkpoint}")
     except (TrainConfigError, DatasetError, CheckpointError, PresetError, BundleError, GovernanceError,
-            NonFiniteError) as e:
+            NonFiniteError, RecipeError) as e:
         raise CLIError(str(e)) from None
     finally:
         _leave_group()
     return 0
 
 
+def resolve_run(args: argparse.Namespace) -> tuple[TrainConfig, list[Path], list[float] | None]:
+    """The train config, datasets and weights of a `genba train` command line.
+
+    The preset is --preset, else the recipe's, else ``small``; the options the
+    user gave replace its fields. Datasets are --data, else the recipe's under
+    --data-root; weights are --weights, else the recipe's when its datasets are used.
+    """
+    from genba.train.config import get_train_preset
+    from genba.train.recipes import get_recipe
+
+    recipe = get_recipe(args.recipe) if args.recipe else None
+    cfg = get_train_preset(args.preset or (recipe.preset if recipe else "small")).replace(**_overrides(args))
+    weights = list(args.weights) if args.weights is not None else None
+    if args.data:
+        return cfg, list(args.data), weights
+    if recipe is None:
+        raise CLIError("give the datasets: --data DIR[,DIR...] or --recipe NAME (list: genba recipes)")
+    return cfg, recipe.check_data(args.data_root), weights or recipe.weights
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     """Only the options the user gave replace preset fields."""
-    table = {"steps": args.steps, "minutes": args.minutes, "precision": args.precision, "seed": args.seed,
-             "batch_size": args.batch_size, "lr": args.lr, "min_lr_ratio": args.min_lr_ratio,
-             "ema_decay": args.ema_decay, "lang": args.lang, "dist": args.dist,
-             "ckpt_every": args.ckpt_every, "tp": args.tp, "ep": args.ep}
-    out = {k: v for k, v in table.items() if v is not None}
+    out = given_values(args, TrainConfig, skip=("name",))
     if args.steps is not None:
         out["minutes"] = None  # an explicit step count wins over a preset's time budget
-    if args.activation_checkpointing:
-        out["activation_checkpointing"] = True
-    if args.compile:
-        out["compile"] = True
     return out
+
+
+def run_recipes(args: argparse.Namespace) -> int:
+    from genba.train.recipes import RECIPES, RecipeError, get_recipe
+
+    if args.name is None:
+        for r in RECIPES.values():
+            print(f"{r.name:<24} preset {r.preset:<12} {len(r.sources)} datasets  {r.about}")
+        return 0
+    try:
+        r = get_recipe(args.name)
+    except RecipeError as e:
+        raise CLIError(str(e)) from None
+    print(f"# {r.name}: {r.about}")
+    for c in r.collections:
+        print(c.command())
+    print(f"{r.train_command()} --out OUT   # = genba train --recipe {r.name} --out OUT")
+    return 0
 
 
 def _dirs(text: str) -> list[Path]:

@@ -12,6 +12,12 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
+from genba.data.language import TRAIN_LANGS
+
+PRECISIONS = ("fp32", "bf16")  # fp32, or bf16 autocast
+DISTS = ("none", "ddp", "fsdp")  # data parallelism under torchrun
+CHOICES = {"precision": PRECISIONS, "lang": TRAIN_LANGS, "dist": DISTS}  # the fields with a fixed set of values
+
 
 class TrainConfigError(ValueError):
     """A training configuration that cannot run; the message names the field."""
@@ -27,30 +33,31 @@ class TrainConfig:
     ``batch_size`` is global: each of ``world`` ranks takes ``batch_size / world``.
     """
 
-    name: str
-    model: str = "debug"  # a genba.model.config preset name
-    steps: int = 1000
-    minutes: float | None = None
-    batch_size: int = 64
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0  # > 0: export the weights' moving average (genba.train.ema); 0 = the raw weights
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    seed: int = 0
-    lang: str = "mix"  # instruction language the reader draws: en | ja | mix
-    log_every: int = 10
-    ckpt_every: int = 500  # steps; 0 = only at the end
-    ckpt_every_minutes: float = 5.0  # also save on wall time, so a kill loses little
-    keep_last: int = 2
-    dist: str = "none"  # none | ddp | fsdp
-    tp: int = 1  # tensor-parallel ranks (within a node); needs dist=fsdp
-    ep: int = 1  # expert-parallel ranks (MoE presets); needs dist=fsdp
-    activation_checkpointing: bool = False
-    compile: bool = False
+    # The comment after each field is its `genba train --FLAG` help (genba.configflags).
+    name: str  # the preset's name (chosen with --preset, not a flag of its own)
+    model: str = "debug"  # model preset (genba.model.config), e.g. small, moe-small
+    steps: int = 1000  # number of optimizer steps
+    minutes: float | None = None  # wall-time budget; the schedule fits the steps that fit
+    batch_size: int = 64  # global batch size (split across processes)
+    lr: float = 3e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr times this
+    warmup_steps: int = 100  # linear warmup steps before the cosine (at most a tenth of the run)
+    weight_decay: float = 0.05  # AdamW weight decay (matrices only; not norm gains, biases, tokens)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas, as B1,B2
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    ema_decay: float = 0.0  # export the weights' moving average with this decay, e.g. 0.999 (0: the raw weights)
+    precision: str = "fp32"  # autocast precision
+    seed: int = 0  # seed for init and data order
+    lang: str = "mix"  # instruction language drawn in training
+    log_every: int = 10  # log a metrics record every N steps
+    ckpt_every: int = 500  # checkpoint every N steps (0: only at the end)
+    ckpt_every_minutes: float = 5.0  # also checkpoint every M minutes of wall time, so a kill loses little
+    keep_last: int = 2  # checkpoints kept in the run directory
+    dist: str = "none"  # data parallelism under torchrun
+    tp: int = 1  # tensor-parallel ranks (needs --dist fsdp)
+    ep: int = 1  # expert-parallel ranks for MoE presets (needs --dist fsdp)
+    activation_checkpointing: bool = False  # recompute block activations
+    compile: bool = False  # torch.compile each block
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,9 +75,9 @@ class TrainConfig:
                                    f"got {self.ema_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas) or len(self.betas) != 2:
             raise TrainConfigError(f"train config {self.name!r}: betas must be two numbers in [0, 1)")
-        _choice(self, "precision", ("fp32", "bf16"))
-        _choice(self, "lang", ("en", "ja", "mix"))
-        _choice(self, "dist", ("none", "ddp", "fsdp"))
+        _choice(self, "precision", PRECISIONS)
+        _choice(self, "lang", TRAIN_LANGS)
+        _choice(self, "dist", DISTS)
         _positive(self, "tp", "ep")
         if (self.tp > 1 or self.ep > 1) and self.dist != "fsdp":
             raise TrainConfigError(f"train config {self.name!r}: tp={self.tp}, ep={self.ep} need dist='fsdp'")

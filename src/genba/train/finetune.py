@@ -391,69 +391,83 @@ def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifes
 
 
 # ---- CLI --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FinetuneArgs:
+    """What `genba finetune` takes besides its configs; each field is a flag, its comment the help."""
+
+    checkpoint: str  # pretrained checkpoint dir or run dir (its latest checkpoint)
+    out: Path  # run directory of the adapted model
+    data: tuple[Path, ...] = ()  # new datasets, comma-separated
+    overwrite: bool = False  # start over in an --out that already holds a run
+    spec: Path | None = None  # embodiment spec JSON replacing the datasets' own
+    replay: tuple[Path, ...] = ()  # pretraining datasets mixed back in (rehearsal)
+    progress: bool = True  # no progress bar
+
+
+FINETUNE_HELP = {  # --help of the FinetuneConfig fields, and of the TrainConfig fields finetune takes
+    "mode": "what trains besides the stems/heads",
+    "lora_rank": "adapter rank with --mode lora",
+    "lora_alpha": "adapter scale numerator (default: the rank)",
+    "stats": "normalization stats of known embodiments",
+    "init": "pretrained weights, or scratch: the baseline (same architecture, fresh weights, all trained)",
+    "replay_weight": "share of replay samples (default 0.3 with --replay)",
+    "scope": "new tasks of a known machine: 'tasks' trains a routed copy of its stem/head (old tasks "
+             "bit-identical; needs frozen-trunk), 'embodiment' trains the machine's own; auto: tasks "
+             "with --mode frozen-trunk, else embodiment",
+    "scope_tag": "name tag of task-scoped entries, MACHINE__TAG (default: the --out dir name)",
+    "init_from": "new embodiment: warm-start its stem and head from this known machine's, channel by "
+                 "channel (same names and units; see --channel-map)",
+    "channel_map": "renames for --init-from, e.g. i_a=i,u_a=u (also maps ref_i_a, err_i_a, ...)",
+    "tensorboard": "no TensorBoard event files in the run directory",
+    "steps": "optimizer steps (default 500)",
+    "minutes": "wall-time budget",
+    "batch_size": "batch size (default 64)",
+    "lr": "peak learning rate (default 1e-3)",
+    "seed": "seed for new weights and data order",
+}
+TRAIN_FLAGS = ("steps", "minutes", "batch_size", "lr", "seed", "lang")  # the TrainConfig fields finetune reads
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from genba.configflags import add_config_flags
     from genba.train.commands import _dirs, add_access_args
+    from genba.train.config import CHOICES, TrainConfig
 
     p = subparsers.add_parser("finetune", help="adapt a pretrained checkpoint to new tasks or a new embodiment",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="pretrained checkpoint dir or run dir (its latest checkpoint)")
-    p.add_argument("--data", required=True, type=_dirs, help="new datasets, comma-separated")
-    p.add_argument("--out", required=True, type=Path, help="run directory of the adapted model")
-    p.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
-    p.add_argument("--mode", choices=MODES, default="lora", help="what trains besides the stems/heads")
-    p.add_argument("--scope", choices=SCOPES, default="auto",
-                   help="new tasks of a known machine: 'tasks' trains a routed copy of its stem/head (old tasks "
-                        "bit-identical; needs frozen-trunk), 'embodiment' trains the machine's own; auto: tasks "
-                        "with --mode frozen-trunk, else embodiment")
-    p.add_argument("--scope-tag", help="name tag of task-scoped entries, MACHINE__TAG (default: the --out dir name)")
-    p.add_argument("--spec", type=Path, help="embodiment spec JSON replacing the datasets' own")
-    p.add_argument("--init-from", metavar="MACHINE",
-                   help="new embodiment: warm-start its stem and head from this known machine's, channel by "
-                        "channel (same names and units; see --channel-map)")
-    p.add_argument("--channel-map", metavar="NEW=SOURCE,...",
-                   help="renames for --init-from, e.g. i_a=i,u_a=u (also maps ref_i_a, err_i_a, ...)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimizer steps (default 500)")
-    length.add_argument("--minutes", type=float, help="wall-time budget")
-    p.add_argument("--lora-rank", type=int, default=8, help="adapter rank with --mode lora")
-    p.add_argument("--lora-alpha", type=float, default=None, help="adapter scale numerator (default: the rank)")
-    p.add_argument("--stats", choices=STATS_POLICIES, default="auto",
-                   help="normalization stats of known embodiments")
-    p.add_argument("--replay", type=_dirs, default=(), help="pretraining datasets mixed back in (rehearsal)")
-    p.add_argument("--replay-weight", type=float, default=0.0,
-                   help="share of replay samples (default 0.3 with --replay)")
-    p.add_argument("--from-scratch", action="store_true", help="baseline: same architecture, fresh weights, all trained")
-    p.add_argument("--batch-size", type=int, help="batch size (default 64)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, help="seed for new weights and data order")
-    p.add_argument("--lang", choices=("en", "ja", "mix"), help="instruction language drawn in training")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(p, FinetuneArgs, defaults=True, positional=("checkpoint",), required=("data", "out"),
+                     kw={"data": {"type": _dirs}, "replay": {"type": _dirs}})
+    choices = {"mode": MODES, "scope": SCOPES, "stats": STATS_POLICIES, "init": ("pretrained", "scratch")}
+    add_config_flags(p, FinetuneConfig, defaults=True, skip=("train",), help=FINETUNE_HELP, choices=choices,
+                     kw={"init_from": {"metavar": "MACHINE"},
+                         "channel_map": {"metavar": "NEW=SOURCE,...", "type": str}})
+    p.add_argument("--from-scratch", dest="init", action="store_const", const="scratch",
+                   help="the same as --init scratch")
+    add_config_flags(p, TrainConfig, only=TRAIN_FLAGS, exclusive=(("steps", "minutes"),), help=FINETUNE_HELP,
+                     choices=CHOICES)
     add_access_args(p)
     p.set_defaults(func=run, purpose="finetune")  # the declared purpose of governed reads
 
 
 def run(args: argparse.Namespace) -> int:
+    from genba.configflags import given_values
     from genba.data.lerobot import DatasetError
     from genba.finite import NonFiniteError
     from genba.model.bundle import BundleError
     from genba.train.checkpoint import CheckpointError
     from genba.train.commands import access_from_args
-    from genba.train.config import TrainConfigError
+    from genba.train.config import TrainConfig, TrainConfigError
 
     try:
-        over = {k: v for k, v in {"steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size,
-                                  "lr": args.lr, "seed": args.seed, "lang": args.lang}.items() if v is not None}
-        cfg = FinetuneConfig(mode=args.mode, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, stats=args.stats,
-                             init="scratch" if args.from_scratch else "pretrained", replay_weight=args.replay_weight,
-                             scope=args.scope, scope_tag=args.scope_tag, init_from=args.init_from,
-                             channel_map=parse_channel_map(args.channel_map),
-                             train=default_train_config().replace(**over))
+        train = default_train_config().replace(**given_values(args, TrainConfig, only=TRAIN_FLAGS))
+        cfg = FinetuneConfig(**{**given_values(args, FinetuneConfig, skip=("train",)),
+                                "channel_map": parse_channel_map(args.channel_map), "train": train})
         spec = read_spec_file(args.spec) if args.spec else None
         # replay data is read too, so it is authorized (and audited) with the new data
         read_table, lineage = access_from_args(argparse.Namespace(**{**vars(args),
                                                                     "data": [*args.data, *args.replay]}))
         res = finetune(args.checkpoint, args.data, args.out, cfg, spec=spec, replay=args.replay,
-                       read_table=read_table, lineage=lineage, overwrite=args.overwrite, progress=not args.no_progress)
+                       read_table=read_table, lineage=lineage, overwrite=args.overwrite, progress=args.progress)
     except (FinetuneError, TrainConfigError, DatasetError, CheckpointError, BundleError, NonFiniteError) as e:
         raise CLIError(str(e)) from None
     print(f"fine-tuned {res.step} steps ({cfg.mode if cfg.init == 'pretrained' else 'from scratch'}, "

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from genba.data.language import LANGS
+
 SCOPE_SEP = "__"  # entry name = machine + SCOPE_SEP + tag (spec names allow letters, digits, '_' and '-')
 STATS_POLICIES = ("auto", "keep", "pool", "data")
 Z_LIMIT = 6.0  # |normalized q01/q99| beyond which new data counts as outside the parent's range
@@ -152,7 +154,7 @@ def routes_for(datasets: list, scoped: dict):
     for ds in datasets:
         if ds.embodiment in scoped:
             for task in ds.tasks:
-                for lang in ("en", "ja"):
+                for lang in LANGS:
                     if task.get(lang):
                         routes[ds.embodiment, task[lang]] = scoped[ds.embodiment].name
     return RouteInstruction(routes)
@@ -218,7 +220,7 @@ def build_data(datasets: list, replay: list, stats: dict, mode: str, cfg, model_
 def routed_entry(route, ds) -> str:
     """The one model entry every instruction (en and ja) of dataset ``ds`` routes to."""
     entries = {route({"embodiment": ds.embodiment, "instruction": t[lang]})["embodiment"]
-               for t in ds.tasks for lang in ("en", "ja") if t.get(lang)} or {ds.embodiment}
+               for t in ds.tasks for lang in LANGS if t.get(lang)} or {ds.embodiment}
     if len(entries) != 1:
         raise FinetuneError(f"dataset {ds.root}: its tasks route to several model entries {sorted(entries)}; "
                             "split it so each dataset feeds one entry")
