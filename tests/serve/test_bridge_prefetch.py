@@ -72,6 +72,8 @@ def drive(source, cycles: int, prefetch: PrefetchConfig = PrefetchConfig(), shie
     pre.action = spy
     with pre:
         rep = asyncio.run(run_cycles(SPEC, pre, cfg, read, write, cycles=cycles))
+        if isinstance(source, TaggedSource):
+            source.release.set()  # a hung fake answers now, so the worker ends with the prefetcher
     return rep, fed, np.array(written)
 
 
@@ -172,3 +174,31 @@ def test_policy_source_feeds_every_frame_to_the_history(random_checkpoint):
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
     skipped.infer_chunk(obs[2])
     assert not np.allclose(skipped.infer_chunk(obs[6]), want[1])
+
+
+def test_process_policy_source_matches_the_in_process_policy(random_checkpoint, tmp_path):
+    """The Policy in a child process (no GIL shared with the cycle) plans what the in-process one
+    plans, backlog and all; a checkpoint that does not load is refused naming it."""
+    from genba.model.policy import load_policy
+    from genba.serve.prefetch import ProcessPolicySource
+
+    ckpt, spec = random_checkpoint
+    rng = np.random.default_rng(1)
+    states = [rng.uniform(-0.5, 0.5, spec.obs_dim) for _ in range(5)]
+    local = PolicySource(load_policy(ckpt, device="cpu"), spec.name, "track")
+    remote = ProcessPolicySource(ckpt, spec.name, "track")
+    try:
+        assert remote.chunk == 4
+        for part in (states[:2], states[2:]):
+            np.testing.assert_allclose(remote(part), local(part), rtol=1e-5, atol=1e-6)
+    finally:
+        remote.close()
+    with pytest.raises(RuntimeError, match=f"policy worker for {tmp_path}"):
+        ProcessPolicySource(tmp_path, spec.name, "track")
+
+
+def test_set_priority_reports_instead_of_raising():
+    from genba.serve.prefetch import set_priority
+
+    problems = set_priority(cpus=[10_000], what="test", rt=1000)
+    assert len(problems) == 2 and "SCHED_FIFO 1000 not applied" in problems[0] and "CPUs [10000]" in problems[1]

@@ -22,6 +22,7 @@ store (our CA).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +45,10 @@ CLIENT_URI = "urn:genba:bridge"
 @dataclass(frozen=True)
 class BridgeConfig:
     """``deadline_s``: the latest a cycle's write may land after its read started (later writes are
-    counted as ``late``). ``prefetch``: chunk planning and validity. ``cycle_nice`` /
-    ``cycle_cpus``: optional priority and CPU pinning of the cycle's thread and process (a
-    negative nice needs CAP_SYS_NICE; what cannot be applied is reported, not raised)."""
+    counted as ``late``). ``prefetch``: chunk planning and validity. ``cycle_nice``,
+    ``cycle_rt_priority``, ``cycle_cpus``: optional priority (nice, or the SCHED_FIFO real-time
+    class) and CPU pinning of the cycle's thread (a negative nice and SCHED_FIFO need
+    CAP_SYS_NICE; what cannot be applied is reported in the summary, not raised)."""
 
     endpoint: str = "opc.tcp://127.0.0.1:4840/genba/"
     cert_dir: str = "certs"
@@ -57,6 +59,7 @@ class BridgeConfig:
     shield: ShieldConfig = field(default_factory=lambda: ShieldConfig(deadline_s=0.05))
     prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
     cycle_nice: int | None = None
+    cycle_rt_priority: int | None = None  # SCHED_FIFO priority of the cycle thread (1-99)
     cycle_cpus: tuple[int, ...] | None = None
 
 
@@ -70,6 +73,7 @@ class BridgeReport:
     overruns: int = 0
     late: int = 0
     cycle_ms: list[float] = field(default_factory=list)
+    phase_ms: list[tuple[float, float, float]] = field(default_factory=list)  # (read, shield, write) per cycle
     commands: list[np.ndarray] = field(default_factory=list)
     tracking_error: list[float] = field(default_factory=list)
     ages: list[int] = field(default_factory=list)
@@ -84,6 +88,8 @@ class BridgeReport:
         return {"cycles": self.cycles, "missed_deadlines": self.missed_deadlines, "overruns": self.overruns,
                 "late": self.late, "cycle_ms_p50": float(np.percentile(c, 50)),
                 "cycle_ms_p99": float(np.percentile(c, 99)), "cycle_ms_max": float(c.max()),
+                "phase_ms_p99": dict(zip(("read", "shield", "write"), np.percentile(
+                    np.asarray(self.phase_ms).reshape(-1, 3), 99, axis=0).tolist())) if self.phase_ms else {},
                 "action_age_max": max(played) if played else None,
                 "watchdog_stops": int(self.interventions.get("watchdog", 0)),
                 "tracking_error_mean": float(te.mean()) if te.size else None, "interventions": self.interventions,
@@ -135,13 +141,16 @@ async def run_cycles(spec: EmbodimentSpec, prefetcher: ChunkPrefetcher, cfg: Bri
         t0 = time.perf_counter()
         k = report.cycles
         state, err = await read()
+        t_read = time.perf_counter()
         prefetcher.post(k, state)
         action, age = prefetcher.action(k)
         if action is None:  # nothing valid for this cycle: the shield's no-command step, counted
             report.missed_deadlines += 1
         u = shield.step(action, state, now=t0)
+        t_shield = time.perf_counter()
         await write(u)
         t1 = time.perf_counter()
+        report.phase_ms.append(((t_read - t0) * 1e3, (t_shield - t_read) * 1e3, (t1 - t_shield) * 1e3))
         report.late += t1 - t0 > cfg.deadline_s
         report.commands.append(u)
         report.tracking_error.append(float(err))
@@ -184,8 +193,12 @@ async def run_bridge(spec: EmbodimentSpec, act: Callable[[np.ndarray], np.ndarra
                 await client.write_values(set_nodes, [ua.DataValue(ua.Variant(float(x), ua.VariantType.Double))
                                                       for x in u])
 
-            problems = set_priority(cfg.cycle_nice, cfg.cycle_cpus, "bridge cycle")
-            report = await run_cycles(spec, prefetcher, cfg, read, write, cycles=cycles, seconds=seconds,
-                                      stop=stop)
+            problems = set_priority(cfg.cycle_nice, cfg.cycle_cpus, "bridge cycle", rt=cfg.cycle_rt_priority)
+            try:
+                report = await run_cycles(spec, prefetcher, cfg, read, write, cycles=cycles, seconds=seconds,
+                                          stop=stop)
+            finally:
+                if cfg.cycle_rt_priority is not None and not problems:  # the caller's thread goes back to normal
+                    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     report.priority_problems = problems
     return report

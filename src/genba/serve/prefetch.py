@@ -52,10 +52,12 @@ class ChunkSource(Protocol):
 
 @dataclass(frozen=True)
 class PrefetchConfig:
-    """``replan_every``: plan a new chunk once the newest observation is this many cycles past the
-    last plan's (1 = from every observation the worker is free for). ``max_age``: the largest index
-    into a chunk the bridge still plays (None = the chunk's own length); an action older than its
-    validity is never played. ``backlog``: observations kept for the next plan's history."""
+    """``replan_every``: plan from the newest observation once it is this many cycles past the last
+    plan's (1 = from every observation the worker is free for: the freshest actions; measured on
+    2 CPUs, planning less often made each plan slower to arrive, not the cycle faster).
+    ``max_age``: the largest index into a chunk the bridge still plays (None = the chunk's own
+    length); an action past its validity is never played. ``backlog``: observations kept for the
+    next plan's history."""
 
     replan_every: int = 1
     max_age: int | None = None
@@ -79,6 +81,8 @@ class ChunkPrefetcher:
         self._pending: deque[tuple[int, np.ndarray]] = deque(maxlen=cfg.backlog)
         self._chunk: tuple[int, np.ndarray] | None = None  # (cycle of its observation, (C, A))
         self._last_plan = -(10 ** 9)  # cycle the last request planned from
+        self._newest = -1  # newest cycle posted
+        self._lat_max: int | None = None  # most cycles from a plan's observation to its chunk
         self._closed = False
         self._thread: threading.Thread | None = None
         self.requests = self.errors = self.dropped = 0
@@ -107,6 +111,7 @@ class ChunkPrefetcher:
         """Cycle ``k``'s observation (never blocks on the worker)."""
         with self._cv:
             self._pending.append((k, np.array(state, dtype=np.float64)))
+            self._newest = k
             self._cv.notify()
 
     def action(self, k: int) -> tuple[np.ndarray | None, int | None]:
@@ -117,17 +122,22 @@ class ChunkPrefetcher:
             return None, None
         k0, chunk = got
         age = k - k0
-        valid = len(chunk) if self.cfg.max_age is None else min(len(chunk), self.cfg.max_age + 1)
-        if not 0 <= age < valid:
+        if not 0 <= age < self._valid(chunk):
             return None, None
         return chunk[age].copy(), age
+
+    def _valid(self, chunk: np.ndarray) -> int:
+        return len(chunk) if self.cfg.max_age is None else min(len(chunk), self.cfg.max_age + 1)
+
+    def _due(self) -> bool:
+        """Is a plan due from the newest pending observation (called under the lock)?"""
+        return bool(self._pending) and self._pending[-1][0] - self._last_plan >= self.cfg.replan_every
 
     # ---- the worker ---------------------------------------------------------
     def _take(self) -> list[tuple[int, np.ndarray]] | None:
         """Wait until a plan is due; the observations since the last one (None once closed)."""
         with self._cv:
-            while not self._closed and not (self._pending
-                                            and self._pending[-1][0] - self._last_plan >= self.cfg.replan_every):
+            while not self._closed and not self._due():
                 self._cv.wait()
             if self._closed:
                 return None
@@ -153,6 +163,7 @@ class ChunkPrefetcher:
             if chunk.ndim == 1:
                 chunk = chunk[None]
             with self._cv:
+                self._lat_max = max(self._lat_max or 0, self._newest - k0)
                 if self._chunk is not None and self._chunk[0] >= k0:
                     self.dropped += 1
                 else:
@@ -161,6 +172,7 @@ class ChunkPrefetcher:
     def stats(self) -> dict:
         lat = np.asarray(self.latency_ms) if self.latency_ms else np.zeros(1)
         return {"requests": self.requests, "errors": self.errors, "dropped": self.dropped,
+                "latency_cycles_max": self._lat_max,
                 "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p99": float(np.percentile(lat, 99)),
                 "last_error": self.last_error}
 
@@ -210,15 +222,23 @@ class ServerSource:
         return self.client.infer(self.embodiment, states[-1], self.instruction, horizon=self.horizon)["actions"]
 
 
-def set_priority(nice: int | None = None, cpus: Sequence[int] | None = None, what: str = "process") -> list[str]:
-    """Optionally renice the calling thread (Linux: nice is per thread) and pin the process to
-    ``cpus``; returns what could not be applied (a negative nice needs CAP_SYS_NICE), never raises."""
+def set_priority(nice: int | None = None, cpus: Sequence[int] | None = None, what: str = "process", *,
+                 rt: int | None = None) -> list[str]:
+    """Optionally renice the calling thread (Linux: nice is per thread), give it the real-time
+    SCHED_FIFO class at priority ``rt`` (it then preempts every normal task; fine for a thread that
+    sleeps most of its period, never for a busy one) and pin it to ``cpus``. A negative nice and
+    SCHED_FIFO need CAP_SYS_NICE: returns what could not be applied (and logs it), never raises."""
     problems = []
     if nice is not None:
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         except (OSError, AttributeError) as e:
             problems.append(f"{what}: nice {nice} not applied ({e})")
+    if rt is not None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt))
+        except (OSError, AttributeError, ValueError) as e:
+            problems.append(f"{what}: SCHED_FIFO {rt} not applied ({e})")
     if cpus:
         try:
             os.sched_setaffinity(0, set(cpus))
