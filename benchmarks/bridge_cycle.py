@@ -143,7 +143,8 @@ def one_run(args, task, cfg: BridgeConfig, source, load: int) -> dict:
     s = rep.summary()
     s.update(load=load, policy=args.policy, replan=args.replan, missed_pct=100.0 * s["missed_deadlines"] / max(1, s["cycles"]))
     pf = s["prefetch"]
-    print(f"{args.policy:6s} replan {args.replan} load {load}: cycles {s['cycles']}  missed {s['missed_deadlines']} ({s['missed_pct']:.1f}%)"
+    print(f"{args.policy:6s} replan {args.replan} load {load}: cycles {s['cycles']}  missed {s['missed_deadlines']} ({s['missed_pct']:.1f}%,"
+          f" {s['startup_misses']} before the first plan)"
           f"  cycle p50 {s['cycle_ms_p50']:.2f} p99 {s['cycle_ms_p99']:.2f} max {s['cycle_ms_max']:.1f} ms"
           f"  overruns {s['overruns']}  late {s['late']}  watchdog stops {s['watchdog_stops']}"
           f"  action age max {s['action_age_max']}  plans {pf['requests']} (latency p50 {pf['latency_ms_p50']:.1f}"

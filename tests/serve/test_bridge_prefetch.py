@@ -90,6 +90,8 @@ def test_bridge_slow_policy_never_plays_an_expired_action_and_counts_misses():
         assert round(a[1] / 1e-4) == k  # the action planned for exactly this cycle
     misses = sum(a is None for _, a, _ in fed)
     assert misses >= 1 and rep.missed_deadlines == misses == rep.ages.count(-1)
+    first = next((i for i, a in enumerate(rep.ages) if a >= 0), len(rep.ages))
+    assert rep.startup_misses == first >= 1  # cycle 0 never has a plan from its own observation
     assert src.calls < 40  # the worker coalesced observations while busy: never one request per cycle queued
 
 

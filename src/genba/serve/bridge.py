@@ -70,6 +70,7 @@ class BridgeReport:
 
     cycles: int = 0
     missed_deadlines: int = 0
+    startup_misses: int = 0  # of those, the cycles before the first plan arrived
     overruns: int = 0
     late: int = 0
     cycle_ms: list[float] = field(default_factory=list)
@@ -85,7 +86,8 @@ class BridgeReport:
         c = np.asarray(self.cycle_ms) if self.cycle_ms else np.zeros(1)
         te = np.asarray([e for e in self.tracking_error if np.isfinite(e)]) if self.tracking_error else np.zeros(0)
         played = [a for a in self.ages if a >= 0]
-        return {"cycles": self.cycles, "missed_deadlines": self.missed_deadlines, "overruns": self.overruns,
+        return {"cycles": self.cycles, "missed_deadlines": self.missed_deadlines,
+                "startup_misses": self.startup_misses, "overruns": self.overruns,
                 "late": self.late, "cycle_ms_p50": float(np.percentile(c, 50)),
                 "cycle_ms_p99": float(np.percentile(c, 99)), "cycle_ms_max": float(c.max()),
                 "phase_ms_p99": dict(zip(("read", "shield", "write"), np.percentile(
@@ -146,6 +148,7 @@ async def run_cycles(spec: EmbodimentSpec, prefetcher: ChunkPrefetcher, cfg: Bri
         action, age = prefetcher.action(k)
         if action is None:  # nothing valid for this cycle: the shield's no-command step, counted
             report.missed_deadlines += 1
+            report.startup_misses += report.missed_deadlines == k + 1  # no action played yet (first plan)
         u = shield.step(action, state, now=t0)
         t_shield = time.perf_counter()
         await write(u)
