@@ -52,3 +52,33 @@ def tokens(tmp_path):
     store.add_org("acme", ["toy"], can_reset_estop=True)
     store.add_org("globex", ["other"])
     return store
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory):
+    """(checkpoint dir, spec): a `debug` model with random weights for the PMSM drive, saved as a bundle
+    (for the bridge's model-path tests; no training)."""
+    import torch
+
+    from genba.envs.registry import get_task
+    from genba.model.bundle import save_bundle
+    from genba.model.config import get_preset
+    from genba.model.generalist import Generalist
+
+    spec = get_task("drive/pmsm-current").spec
+
+    def one(lo, hi):
+        lo, hi = np.clip(np.asarray(lo, float), -10, 10), np.clip(np.asarray(hi, float), -10, 10)
+        mid, half = (lo + hi) / 2, np.maximum((hi - lo) / 2, 1e-3)
+        return {"mean": mid.tolist(), "std": half.tolist(), "min": lo.tolist(), "max": hi.tolist(),
+                "q01": lo.tolist(), "q99": hi.tolist()}
+    with torch.device("meta"):
+        model = Generalist(get_preset("debug"), {spec.name: spec})
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    model.init_weights()
+    d = tmp_path_factory.mktemp("bridge-ckpt")
+    stats = {spec.name: {"observation.state": one(spec.obs_low, spec.obs_high),
+                         "action": one(spec.action_low, spec.action_high)}}
+    save_bundle(d, model, stats=stats, preset="debug", lineage={"datasets": ["none: random weights for tests"]})
+    return d, spec

@@ -1,12 +1,18 @@
 """`genba bridge opcua`: drive an OPC UA machine with a policy, through the shield.
 
-Each cycle (``period_s``, default 100 Hz): read every observation node in one
-request, ask the policy for the next action (in-process Policy, or a genba
-server through ``genba.client``), pass it through the :class:`SafetyShield`,
-write every setpoint node in one request. A cycle whose policy answer misses
-the deadline sends the shield's no-fresh-command step instead (the watchdog
-turns a lasting outage into a controlled stop) and is counted, as is every
-cycle that overruns its period.
+Each cycle (``period_s``, default 100 Hz) does only what cannot wait: read every
+observation node in one request, post the observation to the
+:class:`~genba.serve.prefetch.ChunkPrefetcher`, pop the action planned for this
+cycle from the newest action chunk, pass it through the :class:`SafetyShield`,
+write every setpoint node in one request. The model never runs inside a cycle:
+the prefetcher's worker plans the next chunk (in-process Policy, a Policy in a
+child process, or a genba server) from the newest observation while the
+current chunk plays. A cycle with no valid action (none yet, or the newest
+chunk expired) gives the shield a no-command step, so the watchdog turns a
+lasting gap into a controlled stop; it is counted as a missed deadline, and an
+expired action is never played. Cycles that overrun their period, and cycles
+whose write lands after ``deadline_s``, are counted too. Priorities and CPU
+pinning are optional (``cycle_nice``, ``cycle_cpus``; see docs/safety.md).
 
 The client session uses Basic256Sha256 SignAndEncrypt with its own
 certificate, and validates the machine's certificate against the same trust
@@ -16,6 +22,7 @@ store (our CA).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +36,7 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 
 from genba.data.spec import EmbodimentSpec
 from genba.serve.opcua_machine import NAMESPACE
+from genba.serve.prefetch import ChunkPrefetcher, ChunkSource, PrefetchConfig, StepSource, set_priority
 from genba.serve.shield import SafetyShield, ShieldConfig
 
 CLIENT_URI = "urn:genba:bridge"
@@ -36,31 +44,58 @@ CLIENT_URI = "urn:genba:bridge"
 
 @dataclass(frozen=True)
 class BridgeConfig:
+    """``deadline_s``: the latest a cycle's write may land after its read started (later writes are
+    counted as ``late``). ``prefetch``: chunk planning and validity. ``cycle_nice``,
+    ``cycle_rt_priority``, ``cycle_cpus``: optional priority (nice, or the SCHED_FIFO real-time
+    class) and CPU pinning of the cycle's thread (a negative nice and SCHED_FIFO need
+    CAP_SYS_NICE; what cannot be applied is reported in the summary, not raised)."""
+
     endpoint: str = "opc.tcp://127.0.0.1:4840/genba/"
     cert_dir: str = "certs"
     name: str = "bridge"  # client certificate name in cert_dir
     period_s: float = 0.01
-    deadline_s: float = 0.008  # policy answer deadline within a cycle
+    deadline_s: float = 0.008
     instruction: str = ""
     shield: ShieldConfig = field(default_factory=lambda: ShieldConfig(deadline_s=0.05))
+    prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
+    cycle_nice: int | None = None
+    cycle_rt_priority: int | None = None  # SCHED_FIFO priority of the cycle thread (1-99)
+    cycle_cpus: tuple[int, ...] | None = None
 
 
 @dataclass
 class BridgeReport:
+    """Per cycle: the command written, the machine's tracking error, and the age (cycles since its
+    observation) of the planned action played, -1 where there was none (a missed deadline)."""
+
     cycles: int = 0
     missed_deadlines: int = 0
+    startup_misses: int = 0  # of those, the cycles before the first plan arrived
     overruns: int = 0
+    late: int = 0
     cycle_ms: list[float] = field(default_factory=list)
+    phase_ms: list[tuple[float, float, float]] = field(default_factory=list)  # (read, decide, write)
     commands: list[np.ndarray] = field(default_factory=list)
     tracking_error: list[float] = field(default_factory=list)
+    ages: list[int] = field(default_factory=list)
     interventions: dict = field(default_factory=dict)
+    prefetch: dict = field(default_factory=dict)
+    priority_problems: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         c = np.asarray(self.cycle_ms) if self.cycle_ms else np.zeros(1)
         te = np.asarray([e for e in self.tracking_error if np.isfinite(e)]) if self.tracking_error else np.zeros(0)
-        return {"cycles": self.cycles, "missed_deadlines": self.missed_deadlines, "overruns": self.overruns,
-                "cycle_ms_p50": float(np.percentile(c, 50)), "cycle_ms_p99": float(np.percentile(c, 99)),
-                "tracking_error_mean": float(te.mean()) if te.size else None, "interventions": self.interventions}
+        played = [a for a in self.ages if a >= 0]
+        return {"cycles": self.cycles, "missed_deadlines": self.missed_deadlines,
+                "startup_misses": self.startup_misses, "overruns": self.overruns,
+                "late": self.late, "cycle_ms_p50": float(np.percentile(c, 50)),
+                "cycle_ms_p99": float(np.percentile(c, 99)), "cycle_ms_max": float(c.max()),
+                "phase_ms_p99": dict(zip(("read", "decide", "write"), np.percentile(
+                    np.asarray(self.phase_ms).reshape(-1, 3), 99, axis=0).tolist())) if self.phase_ms else {},
+                "action_age_max": max(played) if played else None,
+                "watchdog_stops": int(self.interventions.get("watchdog", 0)),
+                "tracking_error_mean": float(te.mean()) if te.size else None, "interventions": self.interventions,
+                "prefetch": self.prefetch, "priority_problems": self.priority_problems}
 
 
 async def secure_client(endpoint: str, cert_dir: str, name: str, *, encrypt: bool = True,
@@ -93,50 +128,80 @@ async def machine_nodes(client: Client, spec: EmbodimentSpec):
     return obs, sets, status
 
 
-async def run_bridge(spec: EmbodimentSpec, act: Callable[[np.ndarray], np.ndarray], cfg: BridgeConfig,
-                     *, cycles: int | None = None, seconds: float | None = None,
+async def run_cycles(spec: EmbodimentSpec, prefetcher: ChunkPrefetcher, cfg: BridgeConfig,
+                     read: Callable, write: Callable, *, cycles: int | None = None, seconds: float | None = None,
                      stop: asyncio.Event | None = None) -> BridgeReport:
-    """Drive the machine at ``cfg.period_s`` until ``cycles``/``seconds``/``stop``; returns a report.
-
-    ``act(state) -> action`` is a blocking call (an in-process Policy or a server client);
-    it runs in a worker thread so a slow answer cannot stall the cycle past its deadline.
-    """
+    """The control cycle against any I/O: ``await read() -> (state, tracking_error)``,
+    ``await write(command)``; one cycle per ``cfg.period_s`` until ``cycles``/``seconds``/``stop``.
+    It never waits on the policy: ``prefetcher`` (started by the caller) plans in the background."""
     shield = SafetyShield(spec, cfg.shield)
     report = BridgeReport()
-    client = await secure_client(cfg.endpoint, cfg.cert_dir, cfg.name)
-    pending: asyncio.Future | None = None
-    async with client:
-        obs_nodes, set_nodes, status = await machine_nodes(client, spec)
-        err_node = await status.get_child(f"{await client.get_namespace_index(NAMESPACE)}:TrackingError")
-        loop = asyncio.get_running_loop()
-        t_end = None if seconds is None else time.perf_counter() + seconds
-        next_t = time.perf_counter()
-        while not ((cycles is not None and report.cycles >= cycles) or (t_end and time.perf_counter() >= t_end)
-                   or (stop is not None and stop.is_set())):
-            t0 = time.perf_counter()
-            state = np.asarray(await client.read_values(obs_nodes + [err_node]), dtype=np.float64)
-            state, err = state[:-1], state[-1]
-            if pending is None or pending.done():  # never queue a second call behind a late one
-                pending = loop.run_in_executor(None, act, state)
-            left = cfg.deadline_s - (time.perf_counter() - t0)
-            try:
-                action = await asyncio.wait_for(asyncio.shield(pending), max(left, 0.0))
-                pending = None
-                u = shield.step(action, state, now=t0)
-            except (asyncio.TimeoutError, TimeoutError):
-                report.missed_deadlines += 1
-                u = shield.step(None, state, now=t0)
-            await client.write_values(set_nodes, [ua.DataValue(ua.Variant(float(x), ua.VariantType.Double))
-                                                  for x in u])
-            report.commands.append(u)
-            report.tracking_error.append(float(err))
-            report.cycles += 1
-            dt_ms = (time.perf_counter() - t0) * 1e3
-            report.cycle_ms.append(dt_ms)
-            next_t += cfg.period_s
-            if time.perf_counter() > next_t:
-                report.overruns += 1
-                next_t = time.perf_counter()
-            await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
+    t_end = None if seconds is None else time.perf_counter() + seconds
+    next_t = time.perf_counter()
+    while not ((cycles is not None and report.cycles >= cycles) or (t_end and time.perf_counter() >= t_end)
+               or (stop is not None and stop.is_set())):
+        t0 = time.perf_counter()
+        k = report.cycles
+        state, err = await read()
+        t_read = time.perf_counter()
+        prefetcher.post(k, state)
+        action, age = prefetcher.action(k)
+        if action is None:  # nothing valid for this cycle: the shield's no-command step, counted
+            report.missed_deadlines += 1
+            report.startup_misses += report.missed_deadlines == k + 1  # no action played yet (first plan)
+        u = shield.step(action, state, now=t0)
+        t_decide = time.perf_counter()  # post + pop + shield
+        await write(u)
+        t1 = time.perf_counter()
+        report.phase_ms.append(((t_read - t0) * 1e3, (t_decide - t_read) * 1e3, (t1 - t_decide) * 1e3))
+        report.late += t1 - t0 > cfg.deadline_s
+        report.commands.append(u)
+        report.tracking_error.append(float(err))
+        report.ages.append(-1 if age is None else age)
+        report.cycles += 1
+        report.cycle_ms.append((t1 - t0) * 1e3)
+        next_t += cfg.period_s
+        if time.perf_counter() > next_t:
+            report.overruns += 1
+            next_t = time.perf_counter()
+        await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
     report.interventions = dict(shield.counts)
+    report.prefetch = prefetcher.stats()
+    return report
+
+
+async def run_bridge(spec: EmbodimentSpec, act: Callable[[np.ndarray], np.ndarray] | None, cfg: BridgeConfig,
+                     *, source: ChunkSource | None = None, cycles: int | None = None,
+                     seconds: float | None = None, stop: asyncio.Event | None = None) -> BridgeReport:
+    """Drive the machine at ``cfg.period_s`` until ``cycles``/``seconds``/``stop``; returns a report.
+
+    The policy is ``source`` (a chunk source from :mod:`genba.serve.prefetch`) or a per-step
+    ``act(state) -> action`` (an expert; its answer stays valid for one cycle after its
+    observation). Either runs in the prefetch worker thread, never inside a cycle.
+    """
+    if (act is None) == (source is None):
+        raise ValueError("run_bridge: give exactly one of act (per step) or source (action chunks)")
+    prefetcher = ChunkPrefetcher(source if source is not None else StepSource(act), cfg.prefetch)
+    client = await secure_client(cfg.endpoint, cfg.cert_dir, cfg.name)
+    with prefetcher:
+        async with client:
+            obs_nodes, set_nodes, status = await machine_nodes(client, spec)
+            err_node = await status.get_child(f"{await client.get_namespace_index(NAMESPACE)}:TrackingError")
+
+            async def read():
+                values = np.asarray(await client.read_values(obs_nodes + [err_node]), dtype=np.float64)
+                return values[:-1], values[-1]
+
+            async def write(u):
+                await client.write_values(set_nodes, [ua.DataValue(ua.Variant(float(x), ua.VariantType.Double))
+                                                      for x in u])
+
+            problems = set_priority(cfg.cycle_nice, cfg.cycle_cpus, "bridge cycle", rt=cfg.cycle_rt_priority)
+            try:
+                report = await run_cycles(spec, prefetcher, cfg, read, write, cycles=cycles, seconds=seconds,
+                                          stop=stop)
+            finally:
+                if cfg.cycle_rt_priority is not None and not problems:  # the caller's thread goes back to normal
+                    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    report.priority_problems = problems
     return report

@@ -79,8 +79,11 @@ def _register_admin(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--server", help="or a genba server URL (with --token)")
     o.add_argument("--token", help="API token for --server")
     o.add_argument("--period-ms", type=float, default=10.0)
-    o.add_argument("--deadline-ms", type=float, default=8.0)
+    o.add_argument("--deadline-ms", type=float, default=8.0, help="a cycle's write landing later is counted late")
     o.add_argument("--seconds", type=float, default=5.0)
+    o.add_argument("--cycle-nice", type=int, help="nice of the cycle thread (negative needs CAP_SYS_NICE)")
+    o.add_argument("--cycle-rt", type=int, help="SCHED_FIFO priority 1-99 of the cycle thread (CAP_SYS_NICE)")
+    o.add_argument("--policy-nice", type=int, help="nice of the --checkpoint policy's process (e.g. 5: below the cycle)")
     b.set_defaults(func=cmd_bridge)
 
 
@@ -194,30 +197,29 @@ async def _machine(args) -> int:
 
 
 async def _bridge(args, task) -> int:
-    import numpy as np
-
     from genba.serve.bridge import BridgeConfig, run_bridge
+    from genba.serve.prefetch import ProcessPolicySource, ServerSource
 
     spec, instruction = task.spec, task.instruction_en
-    if args.checkpoint is not None:
-        from genba.model.policy import load_policy
-
-        policy = _load(lambda: load_policy(args.checkpoint))
-
-        def act(state):
-            return policy.infer({"embodiment": spec.name, "state": np.asarray(state, np.float32),
-                                 "instruction": instruction})
+    if args.checkpoint is not None:  # the model in its own process: its compute never holds the cycle's GIL
+        try:
+            source = ProcessPolicySource(args.checkpoint, spec.name, instruction, nice=args.policy_nice)
+        except RuntimeError as e:
+            raise CLIError(f"--checkpoint {args.checkpoint}: {e}") from None
+        close = source.close
     elif args.server and args.token:
         from genba.client import PolicyClient
 
         client = PolicyClient(args.server, args.token, transport="ws", session="bridge")
-
-        def act(state):
-            return client.infer(spec.name, state, instruction, horizon=1)["actions"][0]
+        source, close = ServerSource(client, spec.name, instruction), client.close
     else:
         raise CLIError("give --checkpoint DIR, or --server URL with --token")
     cfg = BridgeConfig(endpoint=args.endpoint, cert_dir=str(args.certs), period_s=args.period_ms / 1e3,
-                       deadline_s=args.deadline_ms / 1e3, instruction=instruction)
-    rep = await run_bridge(spec, act, cfg, seconds=args.seconds)
+                       deadline_s=args.deadline_ms / 1e3, instruction=instruction, cycle_nice=args.cycle_nice,
+                       cycle_rt_priority=args.cycle_rt)
+    try:
+        rep = await run_bridge(spec, None, cfg, source=source, seconds=args.seconds)
+    finally:
+        close()
     print(json.dumps(rep.summary(), indent=2))
     return 0
