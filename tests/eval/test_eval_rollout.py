@@ -33,6 +33,22 @@ def test_batched_policy_equals_separate_policies(debug_checkpoint, execute):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_batched_history_keeps_a_copy_of_each_frame(debug_checkpoint):
+    """run_lockstep writes every step's observations into one reused buffer: the history must not alias it."""
+    batched = load_batched_policy(str(debug_checkpoint), "ensemble", None)
+    single = load_policy(debug_checkpoint, execute="ensemble")
+    task = get_task("drive/pmsm-current")
+    batched.reset(1, task.spec.name, task.instruction("en"))
+    buf = np.zeros((1, task.spec.obs_dim), np.float32)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        buf[0] = rng.normal(size=task.spec.obs_dim)
+        got = batched.act(buf)[0]
+        obs = {"embodiment": task.spec.name, "state": buf[0].copy(), "instruction": task.instruction("en")}
+        want = single.infer(obs)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_jobs_use_evaluation_seeds_only():
     jobs = plan_jobs(EvalConfig(checkpoint="expert", tasks=TASKS, episodes=7, lockstep=3))
     assert [len(eps) for _, _, eps in jobs] == [3, 3, 1, 3, 3, 1]

@@ -24,7 +24,7 @@ class ChunkExecutor:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Actions (N, A) for observations (N, obs_dim) of this step (finished envs may pass anything)."""
-        self._frames.append(np.asarray(obs, dtype=np.float32))
+        self._frames.append(np.array(obs, dtype=np.float32))  # a copy: run_lockstep reuses its obs buffer
         t, self.t = self.t, self.t + 1
         if self.execute == "replan":
             if not self._chunks or t - self._chunks[-1][0] >= self.replan_every:
