@@ -5,10 +5,10 @@ processes (spawned, one BLAS thread each) run a job's envs in lockstep and ask
 the model for all of them in one batched call. Seeds come from
 ``genba.envs.seeds.eval_seed``: disjoint from every training demonstration.
 
-Stop rules follow the task: with ``stop_after_success`` set (Meta-World) an
-episode ends at its first success and succeeds if success was ever reached;
-otherwise (drives, arms) it runs its fixed length and is judged on the last
-step. Actions outside the spec limits are counted as violations, then clipped
+Stop rules follow the task (``registry.StopRule``, the collectors' rule): with
+``stop_after_success`` set (Meta-World) an episode succeeds if success occurs at
+any step, and evaluation ends it at the first success; otherwise (drives, arms)
+it runs its fixed length and is judged on the last step. Actions outside the spec limits are counted as violations, then clipped
 before they reach the env.
 
 :class:`BatchedPolicy` is the batched twin of ``genba.model.policy.Policy``:
@@ -195,7 +195,9 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
     policy.reset(n, spec.name, task.instruction(cfg.lang))
     horizon = min(task.max_steps, cfg.max_steps or task.max_steps)
     live = np.ones(n, bool)
+    rule = task.stop_rule(evaluating=True)
     st = _Tally(n, trace=[cfg.trace_drives and k == 0 and task.id.startswith("drive/") for k, _ in episodes])
+    verdicts = [rule.judge() for _ in range(n)]
     for t in range(horizon):
         actions = policy.act(obs)
         for i in np.flatnonzero(live):
@@ -203,16 +205,14 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
             st.violations[i] += count_violations(actions[i], low, high)
             o, r, terminated, truncated, info = envs[i].step(np.clip(actions[i], low, high))
             obs[i] = o
-            st.length[i], st.ret[i], st.last_success[i] = t + 1, st.ret[i] + float(r), bool(info["success"])
-            st.ever_success[i] |= bool(info["success"])
+            st.length[i], st.ret[i] = t + 1, st.ret[i] + float(r)
             if "tracking_error" in info:
                 st.errors[i].append(float(info["tracking_error"]))
-            stop_now = task.stop_after_success is not None and info["success"]
-            if terminated or truncated or stop_now:
+            if verdicts[i].step(t, info["success"]) or terminated or truncated:
                 live[i] = False
         if not live.any():
             break
-    return [st.result(i, task, k, seed) for i, (k, seed) in enumerate(episodes)]
+    return [st.result(i, task, k, seed, verdicts[i].success) for i, (k, seed) in enumerate(episodes)]
 
 
 @dataclass
@@ -225,8 +225,6 @@ class _Tally:
         self.length = np.zeros(self.n, int)
         self.ret = np.zeros(self.n)
         self.violations = np.zeros(self.n, int)
-        self.last_success = np.zeros(self.n, bool)
-        self.ever_success = np.zeros(self.n, bool)
         self.errors: list[list[float]] = [[] for _ in range(self.n)]
         self.obs: list[list[np.ndarray]] = [[] for _ in range(self.n)]
         self.actions: list[list[np.ndarray]] = [[] for _ in range(self.n)]
@@ -236,8 +234,7 @@ class _Tally:
             self.obs[i].append(obs.copy())
             self.actions[i].append(action.copy())
 
-    def result(self, i: int, task: registry.Task, k: int, seed: int) -> EpisodeResult:
-        hold = task.stop_after_success is not None
+    def result(self, i: int, task: registry.Task, k: int, seed: int, success: bool) -> EpisodeResult:
         trace = None
         if self.trace[i] and self.obs[i]:
             trace = {"obs_names": list(task.spec.obs_names), "obs": np.stack(self.obs[i]).tolist(),
@@ -245,7 +242,7 @@ class _Tally:
                      "control_period": task.spec.control_period}
         return EpisodeResult(
             task=task.id, embodiment=task.spec.name, seed=seed,
-            success=bool(self.ever_success[i] if hold else self.last_success[i]), length=int(self.length[i]),
+            success=success, length=int(self.length[i]),
             violations=int(self.violations[i]), ret=float(self.ret[i]),
             tracking_error=float(np.mean(self.errors[i])) if self.errors[i] else None, trace=trace)
 
