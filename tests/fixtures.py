@@ -59,6 +59,17 @@ def spec_stats(spec: EmbodimentSpec, seed: int = 0) -> dict:
                           "action": rng.uniform(lo, hi, size=(200, spec.action_dim)).astype(np.float32)})
 
 
+def limit_stats(spec: EmbodimentSpec) -> dict:
+    """Stats (JSON form) from the spec's limits, clipped to +-10: mean and std the middle and half-range."""
+    def one(lo, hi):
+        lo = np.clip(np.asarray(lo, float), -10, 10)
+        hi = np.clip(np.asarray(hi, float), -10, 10)
+        mid, half = (lo + hi) / 2, np.maximum((hi - lo) / 2, 1e-3)
+        return {"mean": mid.tolist(), "std": half.tolist(), "min": lo.tolist(), "max": hi.tolist(),
+                "q01": lo.tolist(), "q99": hi.tolist()}
+    return {"observation.state": one(spec.obs_low, spec.obs_high), "action": one(spec.action_low, spec.action_high)}
+
+
 def toy_batch(cfg, specs, B: int = 3, seed: int = 0, text: str = "pick up the red block") -> dict:
     """A training batch ``{embodiment: {...}}`` of B random samples per embodiment."""
     g = torch.Generator().manual_seed(seed)

@@ -10,7 +10,7 @@ import pytest
 from genba.cli import main
 from genba.envs.registry import get_task
 from genba.envs.seeds import is_train_seed
-from genba.eval.rollout import BatchedPolicy, EvalConfig, evaluate, load_batched_policy, plan_jobs, resolve_execution
+from genba.eval.rollout import EvalConfig, evaluate, load_batched_policy, plan_jobs, resolve_execution
 from genba.model.policy import load_policy
 
 TASKS = ("metaworld/reach-v3", "drive/pmsm-current")  # the debug_checkpoint's embodiments (conftest)
