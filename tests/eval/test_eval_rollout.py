@@ -10,7 +10,7 @@ import pytest
 from genba.cli import main
 from genba.envs.registry import get_task
 from genba.envs.seeds import is_train_seed
-from genba.eval.rollout import BatchedPolicy, EvalConfig, evaluate, load_batched_policy, plan_jobs, resolve_execution
+from genba.eval.rollout import EvalConfig, evaluate, load_batched_policy, plan_jobs, resolve_execution
 from genba.model.policy import load_policy
 
 TASKS = ("metaworld/reach-v3", "drive/pmsm-current")  # the debug_checkpoint's embodiments (conftest)
@@ -30,6 +30,22 @@ def test_batched_policy_equals_separate_policies(debug_checkpoint, execute):
         got = batched.act(obs)
         want = np.stack([p.infer({"embodiment": spec.name, "state": o, "instruction": text})
                          for p, o in zip(singles, obs)])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_history_keeps_a_copy_of_each_frame(debug_checkpoint):
+    """run_lockstep writes every step's observations into one reused buffer: the history must not alias it."""
+    batched = load_batched_policy(str(debug_checkpoint), "ensemble", None)
+    single = load_policy(debug_checkpoint, execute="ensemble")
+    task = get_task("drive/pmsm-current")
+    batched.reset(1, task.spec.name, task.instruction("en"))
+    buf = np.zeros((1, task.spec.obs_dim), np.float32)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        buf[0] = rng.normal(size=task.spec.obs_dim)
+        got = batched.act(buf)[0]
+        obs = {"embodiment": task.spec.name, "state": buf[0].copy(), "instruction": task.instruction("en")}
+        want = single.infer(obs)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 

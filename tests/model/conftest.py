@@ -1,16 +1,16 @@
-"""Fixtures for the model tests; builders live in model_synth.py."""
+"""Fixtures for the model tests; builders live in tests/fixtures.py."""
 
 import dataclasses
 
 import pytest
 
 from genba.model.config import get_preset
-from model_synth import make_specs
+from tests.fixtures import toy_specs
 
 
 @pytest.fixture
 def specs():
-    return make_specs()
+    return toy_specs()
 
 
 @pytest.fixture(params=["l1", "flow"])

@@ -13,7 +13,7 @@ from genba.model.bundle import BundleError, load_model, read_manifest, save_bund
 from genba.model.config import get_preset
 from genba.model.generalist import Generalist
 from genba.model.policy import load_policy
-from model_synth import make_stats
+from tests.fixtures import toy_stats
 
 
 def _bundle(path, specs):
@@ -22,7 +22,7 @@ def _bundle(path, specs):
     model.to_empty(device="cpu")
     torch.manual_seed(0)
     model.init_weights()
-    return save_bundle(path, model, stats=make_stats(specs), preset="debug")
+    return save_bundle(path, model, stats=toy_stats(specs), preset="debug")
 
 
 def _flip(path, n=16):

@@ -12,7 +12,7 @@ from genba.model.config import get_preset
 from genba.model.lora import apply_lora
 from genba.model.policy import Policy
 
-from model_synth import build, make_specs, make_stats
+from tests.fixtures import build_model, toy_specs, toy_stats
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}  # float rounding only (other matmul kernels, complex rotary)
 
@@ -43,7 +43,7 @@ def fast_layers(trunk):
 @pytest.mark.parametrize("preset", ["debug", "tiny", "moe-small"])
 def test_fast_path_matches_module_path(preset):
     cfg = get_preset(preset)
-    model = randomized(build(cfg, make_specs()))
+    model = randomized(build_model(cfg, toy_specs()))
     x = torch.randn(3, cfg.tokens_per_step, cfg.d_model, generator=torch.Generator().manual_seed(0))
     (slow, slow_aux), (fast, fast_aux) = both_paths(model.trunk, x)
     assert fast_layers(model.trunk) is not None  # the fast path did run
@@ -58,7 +58,7 @@ def test_fast_path_matches_module_path(preset):
 
 def test_fast_path_follows_weight_changes():
     cfg = get_preset("debug")
-    model = randomized(build(cfg, make_specs()))
+    model = randomized(build_model(cfg, toy_specs()))
     x = torch.randn(2, cfg.tokens_per_step, cfg.d_model)
     _, (before, _) = both_paths(model.trunk, x)
     with torch.no_grad():  # e.g. an optimizer step or load_state_dict
@@ -71,7 +71,7 @@ def test_fast_path_follows_weight_changes():
 
 def test_active_lora_takes_the_module_path_and_merged_lora_the_fast_one():
     cfg = get_preset("debug")
-    model = randomized(build(cfg, make_specs()))
+    model = randomized(build_model(cfg, toy_specs()))
     x = torch.randn(2, cfg.tokens_per_step, cfg.d_model)
     both_paths(model.trunk, x)  # warm the cache before the structure changes
     apply_lora(model.trunk, rank=2)
@@ -92,7 +92,7 @@ def test_active_lora_takes_the_module_path_and_merged_lora_the_fast_one():
 
 def test_training_and_autograd_never_take_the_fast_path():
     cfg = get_preset("debug")
-    model = randomized(build(cfg, make_specs())).train()
+    model = randomized(build_model(cfg, toy_specs())).train()
     x = torch.randn(2, cfg.tokens_per_step, cfg.d_model, requires_grad=True)
     y, _ = model.trunk(x)
     y.sum().backward()  # would fail on inference tensors
@@ -104,7 +104,7 @@ def test_training_and_autograd_never_take_the_fast_path():
 
 def test_keep_last_out_of_range_is_refused():
     cfg = get_preset("debug")
-    model = build(cfg, make_specs()).eval()
+    model = build_model(cfg, toy_specs()).eval()
     with pytest.raises(ValueError, match="keep_last 0"):
         model.trunk(torch.zeros(1, cfg.tokens_per_step, cfg.d_model), keep_last=0)
 
@@ -114,8 +114,8 @@ def test_policy_chunk_equals_transforms_and_module_path(head):
     """Policy.infer_chunk (precomputed normalization, fast trunk) == the shared transforms around the
     plain module forward, step by step over a history that fills up."""
     cfg = dataclasses.replace(get_preset("debug"), head=head)
-    specs, stats = make_specs(), make_stats(make_specs())
-    model = randomized(build(cfg, specs))
+    specs, stats = toy_specs(), toy_stats(toy_specs())
+    model = randomized(build_model(cfg, specs))
     policy = Policy(model, stats, device="cpu", seed=3)
     norm, unnorm = Normalize(stats), Unnormalize(stats)
     tok = TokenizeInstruction(cfg.max_lang_len)({"instruction": "pick up the block"})

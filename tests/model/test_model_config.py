@@ -2,7 +2,6 @@ import dataclasses
 import time
 
 import pytest
-import torch
 
 from genba.model.commands import build_meta, nominal_specs, parameter_counts
 from genba.model.config import PRESETS, ModelConfig, PresetError, get_preset, preset_name_of

@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from genba.model.config import get_preset
-from genba.model.generalist import Generalist
 
-from model_synth import build, make_batch, make_spec
+from tests.fixtures import build_model, toy_batch, toy_spec
 
 
 def test_shapes_mixed_embodiments(debug_cfg, specs):
-    model = build(debug_cfg, specs)
-    batch = make_batch(debug_cfg, specs, B=3)
+    model = build_model(debug_cfg, specs)
+    batch = toy_batch(debug_cfg, specs, B=3)
     batch["drive"] = {k: v[:2] for k, v in batch["drive"].items()}  # unequal batch sizes per embodiment
     loss, metrics = model.loss(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -23,8 +22,8 @@ def test_shapes_mixed_embodiments(debug_cfg, specs):
 
 
 def test_masked_loss_ignores_padding(debug_cfg, specs):
-    model = build(debug_cfg, specs)
-    batch = make_batch(debug_cfg, specs)
+    model = build_model(debug_cfg, specs)
+    batch = toy_batch(debug_cfg, specs)
     for b in batch.values():
         b["action_is_pad"][:, -2:] = True
     torch.manual_seed(1)
@@ -41,8 +40,8 @@ def test_masked_loss_ignores_padding(debug_cfg, specs):
 
 def test_padded_history_uses_pad_token(specs):
     cfg = get_preset("debug")
-    model = build(cfg, specs)
-    batch = make_batch(cfg, specs)
+    model = build_model(cfg, specs)
+    batch = toy_batch(cfg, specs)
     batch["arm"]["observation.state_is_pad"][:, 0] = True
     ref = model.sample_actions(batch)["arm"]
     batch["arm"]["observation.state"][:, 0] = 99.0  # padded frame's value must not matter
@@ -51,19 +50,19 @@ def test_padded_history_uses_pad_token(specs):
 
 def test_init_deterministic_and_after_to_empty(specs):
     cfg = get_preset("debug")
-    a, b, c = build(cfg, specs, seed=3), build(cfg, specs, seed=3), build(cfg, specs, seed=4)
+    a, b, c = build_model(cfg, specs, seed=3), build_model(cfg, specs, seed=3), build_model(cfg, specs, seed=4)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
     reversed_specs = dict(reversed(list(specs.items())))  # spec order must not change weights
-    sd = build(cfg, reversed_specs, seed=3).state_dict()
+    sd = build_model(cfg, reversed_specs, seed=3).state_dict()
     assert all(torch.equal(sa[k], sd[k]) for k in sa)
 
 
 def test_cached_language_summary_matches(specs):
     cfg = get_preset("debug")
-    model = build(cfg, specs).eval()
-    batch = make_batch(cfg, specs)
+    model = build_model(cfg, specs).eval()
+    batch = toy_batch(cfg, specs)
     ref = model.sample_actions(batch)
     for b in batch.values():
         b["lang_summary"] = model.encode_language(b.pop("lang_tokens"), b.pop("lang_mask"))
@@ -75,7 +74,7 @@ def test_repeated_instructions_are_encoded_once_with_the_same_values_and_gradien
     from genba.data.transforms import TokenizeInstruction
 
     cfg = get_preset("debug")
-    model = build(cfg, specs)
+    model = build_model(cfg, specs)
     tok = TokenizeInstruction(cfg.max_lang_len)
     texts = ["open the drawer", "引き出しを開ける", "open the drawer", "push", "push", "open the drawer"]
     samples = [tok({"instruction": t}) for t in texts]
@@ -99,20 +98,20 @@ def test_repeated_instructions_are_encoded_once_with_the_same_values_and_gradien
 
 def test_instruction_changes_the_output_english_and_japanese(specs):
     cfg = get_preset("debug")
-    model = build(cfg, specs)
-    en = model.sample_actions(make_batch(cfg, specs, text="open the drawer"))["arm"]
-    ja = model.sample_actions(make_batch(cfg, specs, text="引き出しを開ける"))["arm"]
+    model = build_model(cfg, specs)
+    en = model.sample_actions(toy_batch(cfg, specs, text="open the drawer"))["arm"]
+    ja = model.sample_actions(toy_batch(cfg, specs, text="引き出しを開ける"))["arm"]
     assert torch.isfinite(ja).all() and not torch.allclose(en, ja)
 
 
 def test_add_embodiment_keeps_trunk(specs):
     cfg = get_preset("debug")
-    model = build(cfg, specs)
+    model = build_model(cfg, specs)
     before = {k: v.clone() for k, v in model.trunk.state_dict().items()}
-    new = make_spec("crane", 5, 4)
+    new = toy_spec("crane", 5, 4)
     model.add_embodiment(new)
     assert all(torch.equal(before[k], v) for k, v in model.trunk.state_dict().items())
-    batch = make_batch(cfg, {"crane": new})
+    batch = toy_batch(cfg, {"crane": new})
     assert model.sample_actions(batch)["crane"].shape == (3, cfg.chunk, 4)
     with pytest.raises(ValueError, match="already"):
         model.add_embodiment(new)
@@ -120,8 +119,8 @@ def test_add_embodiment_keeps_trunk(specs):
 
 def test_bad_batch_errors_name_the_input(specs):
     cfg = get_preset("debug")
-    model = build(cfg, specs)
-    batch = make_batch(cfg, specs)
+    model = build_model(cfg, specs)
+    batch = toy_batch(cfg, specs)
     with pytest.raises(KeyError, match="robot"):
         model.loss({"robot": batch["arm"]})
     batch["arm"]["observation.state"] = batch["arm"]["observation.state"][..., :5]
@@ -133,8 +132,8 @@ def test_bad_batch_errors_name_the_input(specs):
 def test_overfits_a_tiny_batch(specs, head, steps, lr, factor):
     """A few steps on one batch: the sampled chunks approach the targets (for both heads)."""
     cfg = dataclasses.replace(get_preset("debug"), head=head)
-    model = build(cfg, specs)
-    batch = make_batch(cfg, specs, B=2)
+    model = build_model(cfg, specs)
+    batch = toy_batch(cfg, specs, B=2)
 
     def error() -> float:
         out = model.sample_actions(batch, generator=torch.Generator().manual_seed(0))
@@ -155,11 +154,11 @@ def test_language_alone_separates_tasks_that_share_every_state():
     """Two instructions on identical states demand opposite actions: only the instruction can tell them
     apart (Meta-World reach / push / pick-place share a scene), so a model that ignores it stays at 0."""
     cfg = get_preset("debug")
-    spec = make_spec("arm", 5, 2)
-    model = build(cfg, {"arm": spec})
+    spec = toy_spec("arm", 5, 2)
+    model = build_model(cfg, {"arm": spec})
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    batches = {sign: make_batch(cfg, {"arm": spec}, B=16, seed=1, text=text)["arm"]
+    batches = {sign: toy_batch(cfg, {"arm": spec}, B=16, seed=1, text=text)["arm"]
                for sign, text in ((1.0, "reach the goal"), (-1.0, "押して動かす"))}
     for sign, b in batches.items():
         b["action"] = torch.full_like(b["action"], sign)
@@ -177,14 +176,14 @@ def test_language_alone_separates_tasks_that_share_every_state():
 def test_observation_linear_path_starts_at_zero_and_adds_to_the_head(specs):
     cfg = get_preset("debug")  # the L1 head
     assert cfg.obs_linear
-    fresh = build(cfg, specs, linear=False)
-    plain = build(dataclasses.replace(cfg, obs_linear=False), specs, linear=False)
-    batch = make_batch(cfg, specs, B=3)
+    fresh = build_model(cfg, specs, linear=False)
+    plain = build_model(dataclasses.replace(cfg, obs_linear=False), specs, linear=False)
+    batch = toy_batch(cfg, specs, B=3)
     for b in batch.values():
         b["observation.state_is_pad"][:] = False
     for name, out in fresh.sample_actions(batch).items():  # zero at init: the model starts as without it
         assert torch.equal(out, plain.sample_actions(batch)[name])
-    model = build(cfg, specs)  # random linear weights
+    model = build_model(cfg, specs)  # random linear weights
     with torch.no_grad():
         for head in model.heads.values():  # the head itself outputs exactly zero
             head.fc2.weight.zero_()
@@ -202,6 +201,6 @@ def test_observation_linear_path_starts_at_zero_and_adds_to_the_head(specs):
 
 def test_old_configs_without_the_linear_path_still_build(specs):
     cfg = dataclasses.replace(get_preset("debug"), obs_linear=False)  # checkpoints written before it existed
-    model = build(cfg, specs)
+    model = build_model(cfg, specs)
     assert all(h.obs_linear is None for h in model.heads.values())
     assert not any("obs_linear" in k for k in model.state_dict())

@@ -8,7 +8,7 @@ from torch import nn
 
 from genba.model.config import get_preset
 from genba.model.lora import LoRALinear, apply_lora, lora_parameters, merged_state_dict
-from model_synth import build, make_batch, make_specs
+from tests.fixtures import build_model, toy_batch, toy_specs
 
 
 def _randomize_adapters(module: nn.Module, seed: int = 0) -> None:
@@ -49,9 +49,9 @@ def test_only_adapters_get_gradients():
 
 
 def test_apply_lora_on_trunk_keeps_outputs_and_merged_state_dict_loads_into_plain_model():
-    cfg, specs = get_preset("debug"), make_specs()
-    model = build(cfg, specs).eval()
-    batch = make_batch(cfg, specs)
+    cfg, specs = get_preset("debug"), toy_specs()
+    model = build_model(cfg, specs).eval()
+    batch = toy_batch(cfg, specs)
     before = model.sample_actions(batch)
     names = apply_lora(model.trunk, rank=2)
     assert names and all(n.split(".")[-1] in ("wq", "wkv", "wo", "w_gate", "w_up", "w_down") for n in names)
@@ -63,7 +63,7 @@ def test_apply_lora_on_trunk_keeps_outputs_and_merged_state_dict_loads_into_plai
     assert not torch.allclose(adapted["arm"], before["arm"])
     sd = merged_state_dict(model)
     assert not any("lora_" in k for k in sd)
-    plain = build(cfg, specs, seed=1).eval()
+    plain = build_model(cfg, specs, seed=1).eval()
     plain.load_state_dict(sd, strict=True)
     out = plain.sample_actions(batch)
     for n in specs:

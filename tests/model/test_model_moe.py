@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from genba.model.config import get_preset
 from genba.model.trunk import MoE
 
-from model_synth import build, make_batch
+from tests.fixtures import build_model, toy_batch
 
 
 def moe_cfg(**kw):
@@ -41,8 +41,8 @@ def test_dispatch_matches_per_token_reference():
 def test_experts_receive_tokens_and_gradients(specs):
     # 3 layers: in the last one only readout tokens reach the loss, so check the middle one
     cfg = moe_cfg(n_layers=3)
-    model = build(cfg, specs)
-    loss, metrics = model.loss(make_batch(cfg, specs, B=8))
+    model = build_model(cfg, specs)
+    loss, metrics = model.loss(toy_batch(cfg, specs, B=8))
     loss.backward()
     layer = model.trunk.layers[1].ffn
     assert isinstance(layer, MoE) and not isinstance(model.trunk.layers[0].ffn, MoE)

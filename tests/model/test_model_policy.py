@@ -7,15 +7,16 @@ import torch
 from genba.model.bundle import BundleError, load_model, save_bundle
 from genba.model.config import get_preset
 from genba.model.policy import Policy, infer_chunk_many, infer_many, load_policy
+from genba.model.runtime import ChunkQueue, Execution
 
-from model_synth import build, make_specs, make_stats
+from tests.fixtures import build_model, toy_specs, toy_stats
 
 
 @pytest.fixture
 def ckpt(tmp_path, debug_cfg):
-    specs = make_specs()
-    model = build(debug_cfg, specs)
-    save_bundle(tmp_path / "ckpt", model, stats=make_stats(specs), preset="debug", lineage={"run": "test"})
+    specs = toy_specs()
+    model = build_model(debug_cfg, specs)
+    save_bundle(tmp_path / "ckpt", model, stats=toy_stats(specs), preset="debug", lineage={"run": "test"})
     return tmp_path / "ckpt", model
 
 
@@ -33,7 +34,7 @@ def test_round_trip_same_actions(ckpt):
     manifest = json.loads((path / "genba.json").read_text())
     assert manifest["preset"] == "debug" and set(manifest["specs"]) == {"arm", "drive"}
     assert manifest["lineage"] == {"run": "test"} and manifest["tokenizer"]["max_len"] == model.cfg.max_lang_len
-    stats = make_stats(make_specs())
+    stats = toy_stats(toy_specs())
     direct = Policy(model, stats, device="cpu")
     loaded = load_policy(path, preset="debug", device="cpu")
     a, b = rollout(direct), rollout(loaded)
@@ -46,7 +47,7 @@ def test_round_trip_same_actions(ckpt):
 
 def test_actions_are_unnormalized(ckpt):
     path, model = ckpt
-    stats = make_stats(make_specs())
+    stats = toy_stats(toy_specs())
     policy = load_policy(path, device="cpu", execute="replan", replan_every=1)
     chunk = policy.infer_chunk(obs())
     policy.reset()
@@ -105,41 +106,54 @@ def test_bad_observations_name_the_field(ckpt, bad, match):
 def test_replan_plays_the_chunk_open_loop(ckpt):
     policy = load_policy(ckpt[0], device="cpu", execute="replan", replan_every=2)
     calls = []
-    original = policy._predict
-    policy._predict = lambda: calls.append(1) or original()
+    original = policy.runtime.predict
+    policy.runtime.predict = lambda groups: calls.append(1) or original(groups)
     for i in range(5):
         policy.infer(obs(value=0.1 * i))
     assert len(calls) == 3  # steps 0, 2, 4
 
 
-def test_ensemble_averages_overlapping_chunks(ckpt):
-    policy = load_policy(ckpt[0], device="cpu", execute="ensemble", ensemble_m=0.0)
-    chunks = [np.full((policy.cfg.chunk, 3), float(k)) for k in range(3)]
-    policy._predict = lambda: chunks.pop(0)
-    assert np.allclose(policy.infer(obs()), 0.0)
-    assert np.allclose(policy.infer(obs()), 0.5)  # mean of chunk0[1] and chunk1[0]
-    assert np.allclose(policy.infer(obs()), 1.0)
+def test_ensemble_averages_overlapping_chunks():
+    queue = ChunkQueue(Execution.make("ensemble", None, 0.0, chunk=4), chunk=4)
+    for t in range(3):
+        queue.push(t, np.full((4, 3), float(t)))
+    assert np.allclose(queue.action(0), 0.0) and np.allclose(queue.action(1), 0.5)  # chunk0[1], chunk1[0]
+    assert np.allclose(queue.action(2), 1.0)
+    weighted = ChunkQueue(Execution.make("ensemble", None, 1.0, chunk=4), chunk=4)
+    weighted.push(0, np.zeros((2, 4, 3)))  # a lockstep group of two streams
+    weighted.push(1, np.ones((2, 4, 3)))
+    w_new, w_old = 1.0, np.exp(-1.0)  # age 0 for the newest chunk weighs most
+    np.testing.assert_allclose(weighted.action(1), np.full((2, 3), w_new / (w_new + w_old)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("execute,k,m", [("sometimes", None, 0.1), ("replan", 5, 0.1), ("replan", 0, 0.1),
+                                         ("ensemble", None, -1.0), ("ensemble", None, float("nan"))])
+def test_bad_execution_is_refused(ckpt, execute, k, m):
+    with pytest.raises(ValueError, match="execute|replan_every|ensemble_m"):
+        load_policy(ckpt[0], device="cpu", execute=execute, replan_every=k, ensemble_m=m)
 
 
 def test_history_and_instruction_cache(ckpt):
     policy = load_policy(ckpt[0], device="cpu")
     policy.infer(obs())
-    summary = policy._lang[1]
+    summary = policy.stream.lang
     policy.infer(obs(value=1.0))
-    assert policy._lang[1] is summary and len(policy._history) == policy.cfg.history
+    assert policy.stream.lang is summary and len(policy.stream.history) == policy.cfg.history
     policy.infer(obs(text="ブロックを持ち上げる"))
-    assert policy._lang[1] is not summary
+    assert policy.stream.lang is not summary
+    policy.infer(obs(text="pick up the block"))
+    assert policy.stream.lang is summary  # cached per instruction
     policy.infer(obs("drive", 4))  # another machine: a fresh episode
-    assert len(policy._history) == 1
+    assert len(policy.stream.history) == 1 and policy.entry == "drive"
 
 
 def test_save_refuses_a_state_dict_of_another_shape(tmp_path, debug_cfg):
-    specs = make_specs()
-    model = build(debug_cfg, specs)
+    specs = toy_specs()
+    model = build_model(debug_cfg, specs)
     sd = model.state_dict()
     sd["trunk.norm.weight"] = torch.ones(3)
     with pytest.raises(BundleError, match="trunk.norm.weight"):
-        save_bundle(tmp_path / "c", model, stats=make_stats(specs), state_dict=sd)
+        save_bundle(tmp_path / "c", model, stats=toy_stats(specs), state_dict=sd)
     assert not (tmp_path / "c" / "genba.json").exists()
     with pytest.raises(BundleError, match="no normalization stats"):
         save_bundle(tmp_path / "d", model, stats={})
@@ -168,8 +182,8 @@ def stream_obs(rng, step):
 
 @pytest.mark.parametrize("chunks", [False, True], ids=["infer", "infer_chunk"])
 def test_batched_streams_equal_one_by_one(debug_cfg, chunks):
-    specs = make_specs()
-    model, stats = build(debug_cfg, specs), make_stats(specs)
+    specs = toy_specs()
+    model, stats = build_model(debug_cfg, specs), toy_stats(specs)
     batched, singles = stream_policies(model, stats), stream_policies(model, stats)
     calls = []
     readouts = model.readouts
@@ -190,24 +204,25 @@ def test_batched_streams_equal_one_by_one(debug_cfg, chunks):
             assert g.shape == w.shape and g.dtype == np.float32
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
     for b, s in zip(batched, singles):  # the streams' state matches too: the next single step agrees
-        assert b._step == s._step and len(b._chunks) == len(s._chunks) and b._embodiment == s._embodiment
+        assert b.stream.step == s.stream.step and len(b.stream.queue.items) == len(s.stream.queue.items) \
+            and b.entry == s.entry
 
 
 def test_batched_refuses_bad_input_before_any_stream_advances(debug_cfg):
-    specs = make_specs()
-    model, stats = build(debug_cfg, specs), make_stats(specs)
+    specs = toy_specs()
+    model, stats = build_model(debug_cfg, specs), toy_stats(specs)
     pols = stream_policies(model, stats)
     obs = stream_obs(np.random.default_rng(0), 0)
     infer_many(pols, obs)
-    before = [p._step for p in pols]
+    before = [p.stream.step for p in pols]
     bad = [*obs[:2], {**obs[2], "state": np.zeros(3)}, obs[3]]
     with pytest.raises(ValueError, match=r"observations\[2\]: obs\['state'\] has shape \(3,\)"):
         infer_many(pols, bad)
-    assert [p._step for p in pols] == before
+    assert [p.stream.step for p in pols] == before
     with pytest.raises(ValueError, match="same Policy appears twice"):
         infer_chunk_many([pols[0], pols[0]], obs[:2])
     with pytest.raises(ValueError, match="share one model"):
-        infer_many([pols[0], Policy(build(debug_cfg, specs), stats, device="cpu")], obs[:2])
+        infer_many([pols[0], Policy(build_model(debug_cfg, specs), stats, device="cpu")], obs[:2])
     with pytest.raises(ValueError, match="2 policies but 1 observations"):
         infer_many(pols[:2], obs[:1])
     assert infer_many([], []) == []

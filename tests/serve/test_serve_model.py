@@ -4,40 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from genba.envs.registry import get_task
-from genba.model.bundle import save_bundle
-from genba.model.config import get_preset
-from genba.model.generalist import Generalist
 from genba.serve.backends import load_backend
 from genba.serve.server import PolicyServer, ServerConfig, build_app
+from tests.fixtures import limit_stats, tiny_checkpoint
 
 TASKS = ("drive/dc-current", "drive/pmsm-current")
-
-
-def stats_for(spec):
-    def one(lo, hi):
-        lo = np.clip(np.asarray(lo, float), -10, 10)
-        hi = np.clip(np.asarray(hi, float), -10, 10)
-        mid, half = (lo + hi) / 2, np.maximum((hi - lo) / 2, 1e-3)
-        return {"mean": mid.tolist(), "std": half.tolist(), "min": lo.tolist(), "max": hi.tolist(),
-                "q01": lo.tolist(), "q99": hi.tolist()}
-    return {"observation.state": one(spec.obs_low, spec.obs_high), "action": one(spec.action_low, spec.action_high)}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     specs = {get_task(t).spec.name: get_task(t).spec for t in TASKS}
-    with torch.device("meta"):
-        model = Generalist(get_preset("debug"), specs)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    d = tmp_path_factory.mktemp("ckpt")
-    save_bundle(d, model, stats={n: stats_for(s) for n, s in specs.items()}, preset="debug",
-                lineage={"datasets": ["none: random weights for tests"]})
-    return d
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), specs, stats={n: limit_stats(s) for n, s in specs.items()},
+                           linear=False, lineage={"datasets": ["none: random weights for tests"]})
 
 
 def test_model_server_batches_across_embodiments(checkpoint, tokens):
@@ -85,3 +66,7 @@ def test_batched_sessions_match_their_own_policies(checkpoint):
     outs = backend.infer_batch([(sessions[0], obs[0]), (sessions[1], bad)])
     assert isinstance(outs[1], ValueError) and "obs['state'] has shape" in str(outs[1])
     assert outs[0].shape == (backend.chunk, specs[0].action_dim)
+    alone[0].infer_chunk(obs[0])
+    twice = backend.infer_batch([(sessions[0], obs[0]), (sessions[0], obs[0])])  # one session, two requests
+    np.testing.assert_allclose(twice[0], alone[0].infer_chunk(obs[0]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(twice[1], alone[0].infer_chunk(obs[0]), rtol=1e-4, atol=1e-5)  # served in order

@@ -63,17 +63,16 @@ def run_episode(task: registry.Task, env: Any, policy: Callable[[np.ndarray], np
                 *, k: int = 0, record: bool = True, noise: float = 0.0) -> Rollout:
     """Roll ``policy`` out on ``env`` from ``seed`` following the task's stop rule.
 
-    With ``task.stop_after_success = n`` the episode ends ``n`` steps after the
-    first success and succeeds if success was ever reached; otherwise it runs to
-    ``max_steps`` (or termination) and succeeds if the last step does. With
-    ``noise`` > 0 the env executes a perturbed action and the clean one is
-    recorded (see the module docstring).
+    The task's stop rule (``registry.StopRule``) ends the episode: ``n`` steps
+    after the first success with ``task.stop_after_success = n`` (success if it
+    was ever reached), else at ``max_steps`` or termination (success if the last
+    step succeeds). With ``noise`` > 0 the env executes a perturbed action and the
+    clean one is recorded (see the module docstring).
     """
     obs, info = env.reset(seed=seed)
     perturb = _perturbation(task, seed, noise)
-    hold = task.stop_after_success
+    verdict = task.stop_rule().judge()
     obs_buf, act_buf, errs = [], [], []
-    first_success: int | None = None
     for t in range(task.max_steps):
         action = np.asarray(policy(obs), dtype=np.float32)
         if record:
@@ -82,11 +81,9 @@ def run_episode(task: registry.Task, env: Any, policy: Callable[[np.ndarray], np
         obs, _, terminated, truncated, info = env.step(perturb(action))
         if "tracking_error" in info:
             errs.append(float(info["tracking_error"]))
-        if first_success is None and info["success"]:
-            first_success = t
-        if terminated or truncated or (hold is not None and first_success is not None and t >= first_success + hold):
+        if verdict.step(t, info["success"]) or terminated or truncated:
             break
-    success = first_success is not None if hold is not None else bool(info["success"])
+    success = verdict.success
     return Rollout(
         task_id=task.id, k=k, seed=seed, success=success, steps=t + 1,
         observation=np.stack(obs_buf).astype(np.float32) if record else None,

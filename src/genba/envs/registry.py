@@ -6,7 +6,8 @@ adding one file there; :func:`load_all` discovers it with ``pkgutil``.
 
 A task id is ``<family>/<name>``, e.g. ``metaworld/reach-v3``,
 ``drive/pmsm-current``, ``arm/jaco-reach``. Groups (``mt10``, ``mt50``,
-``drives``, ``arms``, ``all``) name sets of tasks.
+``drives``, ``arms``, ``all``) name sets of tasks. :class:`StopRule` is how an
+episode ends and is judged, for collectors and evaluators alike.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -44,20 +45,66 @@ class Task:
     make_env: Callable[[int], gym.Env]  # seed -> env; info["success"] on every step
     make_expert: Callable[[gym.Env], Expert]
     groups: tuple[str, ...] = ()
-    # How an episode ends for collectors and evaluators. None: it runs to
-    # max_steps and success is judged on the last step (drives, arms). An int n:
-    # success counts once reached and the episode stops n steps later (Meta-World,
-    # whose success is "reached at some step"; the extra frames teach holding).
+    # How an episode ends (see StopRule). None: it runs to max_steps and success
+    # is judged on the last step (drives, arms). An int n: success at any step
+    # counts (Meta-World) and a collector stops n steps after the first success
+    # (the extra frames teach holding); an evaluator stops at the first success.
     stop_after_success: int | None = None
 
     @property
     def embodiment(self) -> str:
         return self.spec.name
 
+    def stop_rule(self, *, evaluating: bool = False) -> "StopRule":
+        """This task's stop rule for a collector, or (``evaluating``) for an evaluator."""
+        if self.stop_after_success is None:
+            return StopRule(None)
+        return StopRule(0 if evaluating else self.stop_after_success)
+
     def instruction(self, lang: str = "en") -> str:
         if lang not in LANGS:
             raise ValueError(f"instruction language {lang!r}: expected {' or '.join(map(repr, LANGS))}")
         return self.instruction_en if lang == "en" else self.instruction_ja
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When an episode ends and whether it succeeded; the one rule of collectors and evaluators.
+
+    ``hold=None``: the episode runs to its horizon (or termination) and succeeds
+    if the last step does (drives and arms track a target to the end).
+    ``hold=n``: Meta-World's convention, an episode succeeds if success occurs at
+    any step; it ends ``n`` steps after the first success. Collectors hold for the
+    task's ``stop_after_success`` steps, evaluators stop at once (``n = 0``):
+    the frames after a success cannot change the verdict.
+    """
+
+    hold: int | None = None
+
+    def judge(self) -> "Verdict":
+        """A fresh verdict for one episode."""
+        return Verdict(self)
+
+
+@dataclass
+class Verdict:
+    """One episode's running verdict under a :class:`StopRule`: feed it every step's success flag."""
+
+    rule: StopRule
+    first_success: int | None = None
+    last_success: bool = False
+
+    def step(self, t: int, success: Any) -> bool:
+        """Record step t's ``info["success"]``; True when the rule ends the episode after it."""
+        self.last_success = bool(success)
+        if self.first_success is None and self.last_success:
+            self.first_success = t
+        hold = self.rule.hold
+        return hold is not None and self.first_success is not None and t >= self.first_success + hold
+
+    @property
+    def success(self) -> bool:
+        return self.first_success is not None if self.rule.hold is not None else self.last_success
 
 
 class UnknownTaskError(KeyError):

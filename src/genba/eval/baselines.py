@@ -36,12 +36,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from genba.eval.chunking import ChunkExecutor
 from genba.data.spec import EmbodimentSpec
 from genba.data.stats import stats_from_json, stats_to_json
-from genba.data.transforms import Normalize, Unnormalize, stats_by_embodiment
+from genba.data.transforms import Normalize, stats_by_embodiment
 from genba.finite import NonFiniteError, check_step
-from genba.model.config import EXECUTE_MODES
+from genba.model.runtime import Execution, Runtime
 
 KIND = "per-task-mlp"
 FORMAT = "genba-baseline/1"
@@ -448,20 +447,19 @@ def load_baseline(directory: str | os.PathLike) -> tuple[dict[str, TaskMLP], dic
 
 
 # ---- the policy -------------------------------------------------------------------
-class BaselinePolicy(ChunkExecutor):
-    """N lockstep envs of one task, its MLP called once per step for all of them (BatchedPolicy's interface)."""
+class BaselinePolicy:
+    """N lockstep envs of one task, its MLP called once per step for all of them (BatchedPolicy's interface),
+    through the policy runtime (``genba.model.runtime``: history, transforms, chunk execution)."""
 
     def __init__(self, mlps: dict[str, TaskMLP], manifest: dict[str, Any], *, execute: str = "ensemble",
                  replan_every: int | None = None, ensemble_m: float = 0.1) -> None:
-        if execute not in EXECUTE_MODES:
-            raise ValueError(f"execute {execute!r}: expected one of {EXECUTE_MODES}")
         self.mlps, self.manifest = mlps, manifest
         self.history, self.chunk = int(manifest["config"]["history"]), int(manifest["config"]["chunk"])
-        self.execute, self.ensemble_m = execute, ensemble_m
-        self.replan_every = replan_every if replan_every is not None else max(1, self.chunk // 2)
+        self.execution = Execution.make(execute, replan_every, ensemble_m, self.chunk)
         stats = {n: stats_from_json(s, source=f"{MARKER} stats[{n!r}]") for n, s in manifest["stats"].items()}
         mode = manifest.get("normalization", {}).get("mode", "mean_std")
-        self._normalize, self._unnormalize = Normalize(stats, mode=mode), Unnormalize(stats, mode=mode)
+        self.runtime = Runtime(self._predict, stats, stats, history=self.history, chunk=self.chunk,
+                               normalization=mode)
         self._by_text = {(t["embodiment"], key): t["id"] for t in manifest["tasks"]
                          for key in (t["id"], t["en"], t["ja"])}
 
@@ -472,20 +470,19 @@ class BaselinePolicy(ChunkExecutor):
             known = sorted(t["id"] for t in self.manifest["tasks"] if t["embodiment"] == embodiment)
             raise BaselineError(f"instruction {instruction!r} names no task of embodiment {embodiment!r} in this "
                                 f"baseline (its tasks there: {known or 'none'})")
-        self.n, self.embodiment, self.task, self.t = n, embodiment, tid, 0
-        self._frames: list[np.ndarray] = []  # per step (N, obs)
-        self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, (N, C, A))
+        self.embodiment, self.task = embodiment, tid
+        self.stream = self.runtime.new_stream(self.execution)
+        self.runtime.begin(self.stream, embodiment, instruction)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Actions (N, A) for observations (N, obs_dim) of this step."""
+        return self.runtime.step([self.stream], [(self.embodiment, self.stream.instruction, obs)])[0]
 
     @torch.inference_mode()
-    def _predict(self) -> np.ndarray:
-        H = self.history
-        frames = self._frames[-H:]
-        hist = np.stack([frames[0]] * (H - len(frames)) + frames, axis=1)  # (N, H, obs), oldest first
-        norm = self._normalize({"embodiment": self.embodiment, "observation.state": hist})["observation.state"]
-        x = torch.as_tensor(np.asarray(norm, np.float32)).reshape(self.n, -1)  # (N, H*obs)
-        out = self.mlps[self.task](x).reshape(self.n, self.chunk, -1).numpy()  # (N, C, A)
-        act = self._unnormalize({"embodiment": self.embodiment, "action": out})["action"]
-        return np.asarray(act, dtype=np.float32)
+    def _predict(self, groups) -> list[torch.Tensor]:
+        """The task MLP on each group's flattened normalized history: chunks (n, C, A)."""
+        return [self.mlps[self._by_text[g.entry, g.instruction]](g.state.reshape(g.state.shape[0], -1))
+                .reshape(g.state.shape[0], self.chunk, -1) for g in groups]
 
 
 _POLICIES: dict[Any, BaselinePolicy] = {}  # per worker process

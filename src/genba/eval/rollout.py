@@ -5,19 +5,15 @@ processes (spawned, one BLAS thread each) run a job's envs in lockstep and ask
 the model for all of them in one batched call. Seeds come from
 ``genba.envs.seeds.eval_seed``: disjoint from every training demonstration.
 
-Stop rules follow the task: with ``stop_after_success`` set (Meta-World) an
-episode ends at its first success and succeeds if success was ever reached;
-otherwise (drives, arms) it runs its fixed length and is judged on the last
-step. Actions outside the spec limits are counted as violations, then clipped
-before they reach the env.
+Stop rules follow the task (``registry.StopRule``, the collectors' rule): with
+``stop_after_success`` set (Meta-World) an episode succeeds if success occurs at
+any step, and evaluation ends it at the first success; otherwise (drives, arms)
+it runs its fixed length and is judged on the last step. Actions outside the
+spec limits are counted as violations, then clipped before they reach the env.
 
-:class:`BatchedPolicy` is the batched twin of ``genba.model.policy.Policy``:
-the same transforms (Normalize, tokenize, Unnormalize), history padding and
-chunk execution (temporal ensembling or re-planning), for N envs at once; a
-test checks it gives what N separate ``Policy`` objects give. It applies the
-checkpoint's route table (``RouteInstruction``) like ``Policy``: a task-scoped
-fine-tune's new instructions run on their own entry, every other task on the
-machine's.
+:class:`BatchedPolicy` runs N envs as one lockstep stream group of the
+policy runtime (``genba.model.runtime``, the one ``Policy`` uses): the same
+transforms, history, routes and chunk execution, one model call for all N.
 """
 
 from __future__ import annotations
@@ -30,13 +26,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from genba.eval.chunking import ChunkExecutor
-from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstruction, Unnormalize
+from genba.data.transforms import RouteInstruction
 from genba.envs import registry
 from genba.envs.seeds import eval_seed
 from genba.eval.metrics import EpisodeResult, count_violations
 from genba.data.language import LANGS
-from genba.model.config import EXECUTE_CHOICES, EXECUTE_MODES
+from genba.model.config import EXECUTE_CHOICES
+from genba.model.runtime import Execution, model_runtime
 
 EXPERT = "expert"  # pseudo-checkpoint: the tasks' scripted experts through the same harness
 
@@ -72,53 +68,32 @@ class EvalConfig:
 
 
 # ---- the batched policy ----------------------------------------------------------
-class BatchedPolicy(ChunkExecutor):
-    """N lockstep control streams of one embodiment and instruction, one model call per step."""
+class BatchedPolicy:
+    """N lockstep envs of one embodiment and instruction: one stream group of the model's runtime
+    (``genba.model.runtime``), one model call per step."""
 
     def __init__(self, model, stats, *, execute: str = "ensemble", replan_every: int | None = None,
                  ensemble_m: float = 0.1, seed: int = 0, device: torch.device | str = "cpu",
                  normalization: str = "mean_std", routes: RouteInstruction | None = None) -> None:
-        if execute not in EXECUTE_MODES:
-            raise ValueError(f"execute {execute!r}: expected one of {EXECUTE_MODES}")
-        self.model, self.cfg, self.device = model.eval(), model.cfg, torch.device(device)
-        self.execute, self.ensemble_m, self.seed = execute, ensemble_m, seed
-        self.replan_every = replan_every if replan_every is not None else max(1, self.cfg.chunk // 2)
-        self._normalize = Normalize(stats, mode=normalization)
-        self._unnormalize = Unnormalize(stats, mode=normalization)
-        self.route = routes if routes is not None else RouteInstruction()
-        self._tokenize = TokenizeInstruction(self.cfg.max_lang_len)
+        self.model, self.cfg = model.eval(), model.cfg
+        self.execution = Execution.make(execute, replan_every, ensemble_m, self.cfg.chunk)
+        self.runtime = model_runtime(self.model, stats, normalization=normalization, routes=routes, device=device)
+        self.seed = seed
 
-    @torch.inference_mode()
+    @property
+    def embodiment(self) -> str:
+        """The model entry of this episode batch (task-scoped or the machine)."""
+        return self.stream.entry
+
     def reset(self, n: int, embodiment: str, instruction: str) -> None:
-        """Start N episodes: empty histories and chunk queues, the instruction encoded once."""
-        machines = sorted(set(self.model.specs) - set(self.route.entries))
-        if embodiment not in machines:
-            raise ValueError(f"embodiment {embodiment!r} is unknown to this checkpoint; it knows {machines}")
-        self.n, self.t = n, 0
-        self.embodiment = self.route.entry(embodiment, instruction)  # the model entry (task-scoped or the machine)
-        self._frames: list[np.ndarray] = []  # per step (N, obs)
-        self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, (N, C, A))
-        tok = self._tokenize({"instruction": instruction})
-        tokens = torch.as_tensor(tok["lang_tokens"], device=self.device)[None]
-        mask = torch.as_tensor(tok["lang_mask"], device=self.device)[None]
-        self._lang = self.model.encode_language(tokens, mask)  # (1, S, D)
-        self._gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        """Start N episodes: empty histories and chunk queue, the instruction encoded (once per runtime)."""
+        self.stream = self.runtime.new_stream(self.execution, self.seed)
+        self.runtime.begin(self.stream, embodiment, instruction)
+        self._frame = (embodiment, instruction)
 
-
-    @torch.inference_mode()
-    def _predict(self) -> np.ndarray:
-        H = self.cfg.history
-        frames = self._frames[-H:]
-        pad = H - len(frames)
-        hist = np.stack([frames[0]] * pad + frames, axis=1)  # (N, H, obs), oldest first
-        norm = self._normalize({"embodiment": self.embodiment, "observation.state": hist})
-        state = torch.as_tensor(np.asarray(norm["observation.state"], np.float32), device=self.device)
-        is_pad = (torch.arange(H, device=self.device) < pad).expand(self.n, H)
-        batch = {self.embodiment: {"observation.state": state, "observation.state_is_pad": is_pad,
-                                   "lang_summary": self._lang.expand(self.n, -1, -1)}}
-        out = self.model.sample_actions(batch, generator=self._gen)[self.embodiment].float().cpu().numpy()
-        act = self._unnormalize({"embodiment": self.embodiment, "action": out})["action"]
-        return np.asarray(act, dtype=np.float32)  # (N, C, A)
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Actions (N, A) for observations (N, obs_dim) of this step (finished envs may pass anything)."""
+        return self.runtime.step([self.stream], [(*self._frame, obs)])[0]
 
 
 class ExpertPolicy:
@@ -196,7 +171,9 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
     policy.reset(n, spec.name, task.instruction(cfg.lang))
     horizon = min(task.max_steps, cfg.max_steps or task.max_steps)
     live = np.ones(n, bool)
+    rule = task.stop_rule(evaluating=True)
     st = _Tally(n, trace=[cfg.trace_drives and k == 0 and task.id.startswith("drive/") for k, _ in episodes])
+    verdicts = [rule.judge() for _ in range(n)]
     for t in range(horizon):
         actions = policy.act(obs)
         for i in np.flatnonzero(live):
@@ -204,16 +181,14 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
             st.violations[i] += count_violations(actions[i], low, high)
             o, r, terminated, truncated, info = envs[i].step(np.clip(actions[i], low, high))
             obs[i] = o
-            st.length[i], st.ret[i], st.last_success[i] = t + 1, st.ret[i] + float(r), bool(info["success"])
-            st.ever_success[i] |= bool(info["success"])
+            st.length[i], st.ret[i] = t + 1, st.ret[i] + float(r)
             if "tracking_error" in info:
                 st.errors[i].append(float(info["tracking_error"]))
-            stop_now = task.stop_after_success is not None and info["success"]
-            if terminated or truncated or stop_now:
+            if verdicts[i].step(t, info["success"]) or terminated or truncated:
                 live[i] = False
         if not live.any():
             break
-    return [st.result(i, task, k, seed) for i, (k, seed) in enumerate(episodes)]
+    return [st.result(i, task, k, seed, verdicts[i].success) for i, (k, seed) in enumerate(episodes)]
 
 
 @dataclass
@@ -226,8 +201,6 @@ class _Tally:
         self.length = np.zeros(self.n, int)
         self.ret = np.zeros(self.n)
         self.violations = np.zeros(self.n, int)
-        self.last_success = np.zeros(self.n, bool)
-        self.ever_success = np.zeros(self.n, bool)
         self.errors: list[list[float]] = [[] for _ in range(self.n)]
         self.obs: list[list[np.ndarray]] = [[] for _ in range(self.n)]
         self.actions: list[list[np.ndarray]] = [[] for _ in range(self.n)]
@@ -237,8 +210,7 @@ class _Tally:
             self.obs[i].append(obs.copy())
             self.actions[i].append(action.copy())
 
-    def result(self, i: int, task: registry.Task, k: int, seed: int) -> EpisodeResult:
-        hold = task.stop_after_success is not None
+    def result(self, i: int, task: registry.Task, k: int, seed: int, success: bool) -> EpisodeResult:
         trace = None
         if self.trace[i] and self.obs[i]:
             trace = {"obs_names": list(task.spec.obs_names), "obs": np.stack(self.obs[i]).tolist(),
@@ -246,7 +218,7 @@ class _Tally:
                      "control_period": task.spec.control_period}
         return EpisodeResult(
             task=task.id, embodiment=task.spec.name, seed=seed,
-            success=bool(self.ever_success[i] if hold else self.last_success[i]), length=int(self.length[i]),
+            success=success, length=int(self.length[i]),
             violations=int(self.violations[i]), ret=float(self.ret[i]),
             tracking_error=float(np.mean(self.errors[i])) if self.errors[i] else None, trace=trace)
 

@@ -1,9 +1,10 @@
 """What the policy server calls to run a model: the :class:`Backend` protocol and its two implementations.
 
 :class:`PolicyBackend` wraps any object with the Policy interface (tests serve
-scripted fakes through it); :class:`GenbaBackend` serves a genba checkpoint
-with one shared model and one trunk pass per micro-batch. torch and the model
-are imported only when a checkpoint is loaded.
+scripted fakes through it); :class:`GenbaBackend` serves a genba checkpoint:
+one policy runtime (``genba.model.runtime``), a Policy forked from it per
+session, one trunk pass per micro-batch. torch and the model are imported only when a
+checkpoint is loaded.
 """
 
 from __future__ import annotations
@@ -58,45 +59,62 @@ def _try_chunk(pol, obs) -> np.ndarray | Exception:
 
 
 class GenbaBackend(PolicyBackend):
-    """The genba model: one shared Generalist, one Policy (history, chunk queue) per
-    session, and one trunk pass per micro-batch, across embodiments.
+    """The genba model: one Policy forked per session (one shared runtime, ``genba.model.runtime``;
+    its own history and chunk queue) and one trunk pass per micro-batch, across embodiments.
 
-    Batches go through ``genba.model.policy.infer_chunk_many``: each session's policy
-    advances exactly as its own ``infer_chunk`` would. A bad observation refuses the
-    batch before any session advances; then each is served alone, so only it fails.
+    Batches go through ``genba.model.policy.infer_chunk_many``: each session advances
+    exactly as its own ``infer_chunk`` would. A bad observation fails only its own
+    request (checked before any session advances); a session with two requests in
+    one batch gets them served in order.
     """
+
+    def __init__(self, policy, meta: dict) -> None:
+        super().__init__(policy.fork, chunk=policy.cfg.chunk, specs=policy.specs, meta=meta)
+        self.policy, self.model, self.device = policy, policy.model, policy.device
 
     @classmethod
     def load(cls, checkpoint_dir: str, **policy_kwargs) -> "GenbaBackend":
         import hashlib
         from pathlib import Path
 
-        from genba.model.bundle import bundle_stats
-        from genba.model.policy import Policy, load_policy
+        from genba.model.policy import load_policy
 
-        base = load_policy(checkpoint_dir, **policy_kwargs)
-        man = base.manifest
-        stats = bundle_stats(man, str(checkpoint_dir))
-        mode = man.get("normalization", {}).get("mode", "mean_std")
-
-        def factory():
-            return Policy(base.model, stats, device=base.device, manifest=man, normalization=mode, **policy_kwargs)
-
+        policy = load_policy(checkpoint_dir, **policy_kwargs)
+        man = policy.manifest
         files = {f: hashlib.sha256((Path(checkpoint_dir) / f).read_bytes()).hexdigest()
                  for f in ("model.safetensors", "genba.json") if (Path(checkpoint_dir) / f).exists()}
         meta = {"model": {"preset": man.get("preset"), "num_params": man.get("weights", {}).get("num_params"),
                           "sha256": files}, "lineage": man.get("lineage", {})}
-        be = cls(factory, chunk=base.cfg.chunk, specs=base.specs, meta=meta)
-        be.model, be.device = base.model, base.device
-        return be
+        return cls(policy, meta)
 
     def infer_batch(self, items):
-        from genba.model.policy import infer_chunk_many
+        """One chunk per item, or the ValueError that item's observation raised."""
+        from genba.model.policy import infer_chunk_many, validate_obs
 
-        try:
-            return infer_chunk_many([pol for pol, _ in items], [obs for _, obs in items])
-        except ValueError:  # a bad observation: no stream advanced; serve one by one so only it fails
-            return super().infer_batch(items)
+        outs: list = [None] * len(items)
+        todo = []
+        for i, (pol, obs) in enumerate(items):
+            try:
+                validate_obs(obs, self.specs)
+                todo.append((i, pol, obs))
+            except ValueError as e:  # reported to that request's caller only
+                outs[i] = e
+        for now in _rounds(todo):
+            for (i, _, _), chunk in zip(now, infer_chunk_many([p for _, p, _ in now], [o for _, _, o in now])):
+                outs[i] = chunk
+        return outs
+
+
+def _rounds(todo: list[tuple[int, Any, dict]]) -> list[list[tuple[int, Any, dict]]]:
+    """``(index, session, obs)`` items in rounds of at most one per session, each session's in order."""
+    rounds: list[list] = []
+    seen: dict[int, int] = {}
+    for item in todo:
+        k = seen[id(item[1])] = seen.get(id(item[1]), -1) + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(item)
+    return rounds
 
 
 def load_backend(checkpoint_dir: str, **policy_kwargs) -> GenbaBackend:
