@@ -1,5 +1,5 @@
-"""genba.client: a torch-free client for the genba policy server (HTTP JSON or websocket msgpack)."""
+"""genba.client: re-exports the torch-free ``genba_client`` package (clients/genba-client/), for older imports."""
 
-from genba.client.client import PolicyClient, ServerError
+from genba_client import PolicyClient, ServerError
 
 __all__ = ["PolicyClient", "ServerError"]
