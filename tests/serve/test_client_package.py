@@ -12,17 +12,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
 from genba.envs.registry import get_task
 from genba.serve.backends import load_backend
 from genba.serve.server import PolicyServer, build_app
+from tests.serve.conftest import loopback_server
 from tests.serve.test_serve_model import checkpoint  # noqa: F401  (the tiny random-weight bundle fixture)
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "genba-client"
@@ -75,18 +73,8 @@ def bare_venv(tmp_path_factory) -> Path:
 def served(checkpoint, tokens):  # noqa: F811  (pytest injects the imported fixture)
     """A uvicorn server on a free loopback port serving the tiny checkpoint; yields (url, token)."""
     tokens.add_org("cell", [get_task(TASK).spec.name])
-    config = uvicorn.Config(build_app(PolicyServer(load_backend(str(checkpoint)), tokens)), host="127.0.0.1",
-                            port=0, log_level="warning")
-    srv = uvicorn.Server(config)
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.monotonic()
-    while not srv.started:
-        assert th.is_alive() and time.monotonic() - t0 < 30, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}", tokens.issue("cell")
-    srv.should_exit = True
-    th.join(5)
+    with loopback_server(build_app(PolicyServer(load_backend(str(checkpoint)), tokens))) as port:
+        yield f"http://127.0.0.1:{port}", tokens.issue("cell")
 
 
 def test_bare_venv_client_without_torch_talks_http_and_ws(bare_venv, served):
