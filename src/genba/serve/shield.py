@@ -1,15 +1,16 @@
 """The safety shield: the last software layer between a model and an actuator.
 
 Every emitted command keeps the spec's bounds and its rate, acceleration and
-jerk limits exactly (discrete derivatives of the command), and only a command
-from which a fixed brake law keeps every limit until rest is ever emitted, so
-the shield can never be trapped outside its bounds. On top: braking-distance-
-aware position limits, keep-out boxes, NaN/malformed input handling (a
-controlled stop, never an exception), a watchdog on the shield's own monotonic
-clock (a caller's timestamp is data, checked), ``plan(chunk, obs)`` for chunks
-served ahead of time, and a latched e-stop that only an authenticated reset
-clears. Every intervention is counted per reason. The full argument (why it is
-feasible, the stop categories, the clock): docs/safety.md.
+jerk limits (discrete derivatives of the command, exact to float rounding),
+and only a command from which a fixed brake law keeps every limit until rest
+is ever emitted, so the shield can never be trapped outside its bounds. On
+top: braking-distance-aware position limits, keep-out boxes, NaN/malformed
+input handling (a controlled stop, never an exception), a watchdog on the
+shield's own monotonic clock (a caller's timestamp is data, checked),
+``plan(chunk, obs)`` for chunks served ahead of time, and a latched e-stop
+that only an authenticated reset clears. Every intervention is counted per
+reason. The full argument (why it is feasible, the stop categories, the
+clock): docs/safety.md.
 """
 
 
