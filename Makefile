@@ -11,8 +11,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# The torch-free client is its own package (clients/genba-client); genba depends on it by name,
+# which no index serves, so it is installed from the checkout first.
+$(VENV)/.installed: $(BIN)/python pyproject.toml clients/genba-client/pyproject.toml
 	$(BIN)/pip install -q $(TORCH_PIN) numpy
+	$(BIN)/pip install -q -e clients/genba-client
 	$(BIN)/pip install -q -e .
 	touch $@
 

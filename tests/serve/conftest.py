@@ -1,9 +1,15 @@
-"""Shared fixtures: a toy embodiment with every kind of limit, a fake policy backend, a token store."""
+"""Shared fixtures: a toy embodiment with every kind of limit, a fake policy backend, a token store,
+a real uvicorn server on loopback."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
 import numpy as np
 import pytest
+import uvicorn
 
 from genba.data.spec import EmbodimentSpec, SafetyLimits
 from genba.serve.auth import TokenStore
@@ -44,6 +50,23 @@ def fake_backend(chunk: int = 4, script=None, specs=None) -> PolicyBackend:
     specs = specs or {"toy": toy_spec(), "other": toy_spec("other")}
     return PolicyBackend(lambda: FakePolicy(chunk, 3, script), chunk=chunk, specs=specs,
                          meta={"model": {"preset": "fake"}, "lineage": {"dataset": "none"}})
+
+
+@contextlib.contextmanager
+def loopback_server(app, **uvicorn_options):
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the port."""
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **{"log_level": "warning", **uvicorn_options}))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    while not srv.started:
+        assert th.is_alive() and time.monotonic() - t0 < 30, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield srv.servers[0].sockets[0].getsockname()[1]
+    finally:
+        srv.should_exit = True
+        th.join(5)
 
 
 @pytest.fixture

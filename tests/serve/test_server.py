@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 
 import msgpack
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from genba.client import PolicyClient, ServerError
 from genba.serve.server import InferRequest, PolicyServer, ServeError, ServerConfig, build_app
-from tests.serve.conftest import FakePolicy, fake_backend
+from tests.serve.conftest import FakePolicy, fake_backend, loopback_server
 
 OBS = {"embodiment": "toy", "state": [0.0, 0.0, 0.0, 0.5, 0.1], "instruction": "move"}
 
@@ -117,16 +115,8 @@ def test_websocket_msgpack_and_errors(setup):
 def live(tokens):
     """A real uvicorn server on loopback, for the client."""
     server = PolicyServer(fake_backend(), tokens)
-    config = uvicorn.Config(build_app(server), host="127.0.0.1", port=0, log_level="warning")
-    srv = uvicorn.Server(config)
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.01)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", server
-    srv.should_exit = True
-    th.join(5)
+    with loopback_server(build_app(server)) as port:
+        yield f"http://127.0.0.1:{port}", server
 
 
 @pytest.mark.parametrize("transport", ["http", "ws"])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import httpx
 import pytest
-import uvicorn
 
 from genba.client import PolicyClient
 from genba.serve.certs import issue_cert, make_ca
 from genba.serve.server import PolicyServer, build_app, tls_options
-from tests.serve.conftest import fake_backend
+from tests.serve.conftest import fake_backend, loopback_server
 
 STATE = [0.1, 0.0, 0.0, 0.2, 0.0]
 
@@ -29,18 +25,8 @@ def certs(tmp_path_factory):
 
 def serve(tokens, **tls):
     """A uvicorn server with ``tls`` on a free loopback port; yields its https URL."""
-    config = uvicorn.Config(build_app(PolicyServer(fake_backend(), tokens)), host="127.0.0.1", port=0,
-                            log_level="critical", **tls)
-    srv = uvicorn.Server(config)
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.monotonic()
-    while not srv.started:
-        assert th.is_alive() and time.monotonic() - t0 < 20, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
-    srv.should_exit = True
-    th.join(5)
+    with loopback_server(build_app(PolicyServer(fake_backend(), tokens)), log_level="critical", **tls) as port:
+        yield f"127.0.0.1:{port}"
 
 
 @pytest.fixture

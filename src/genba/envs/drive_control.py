@@ -1,43 +1,14 @@
 """Classical drive controllers: the scripted experts of the electric-drive tasks.
 
 gym-electric-motor's own controller package is not on PyPI, so these are the
-project's. Everything works in physical units (volts, amperes, rad/s); the
-experts in :mod:`genba.envs.embodiments.drives` convert observations in and
-commands out.
-
-Why these controllers are *static* (no integrators)
-- The experts exist to be imitated, and an imitator sees only observations
-  (a policy's history of a few frames). A PI controller's integrator is hidden
-  state: the demonstrations then hold actions that no observed channel
-  explains. Measured with the earlier PI experts: the 20-minute generalist
-  tracked the DC current loop at 3.2x the expert's error and failed both speed
-  loops (current-limit trips); a per-task MLP reached 1.7x; an observed
-  error-integral channel did not help (the clamping anti-windup makes the
-  integrator a function of the whole past, not of the error integral).
-- The plant models are known exactly (the same parameters GEM simulates), so
-  the integrators' job, removing the steady-state error left by the resistive
-  drop, the back-EMF and the load torque, is done by model feed-forward
-  instead. Every command is then a function of the current observation (and,
-  for a speed reference's slope, of the previous frame, which the policy's
-  history holds): the demonstrations are a function the policy can represent.
-
-The laws
-- Current: discrete predictive (deadbeat-type) control of each R-L channel
-  ``L di/dt = u - R i - e``: ``u = e + R i + g R / (1 - exp(-R tau / L)) (i_ref - i)``.
-  ``g = 1`` would reach the reference in one period exactly (measured on the DC
-  current task: mean error 1e-8, i.e. the simulation's own model; a real drive's
-  dead times and parameter errors make that unstable), ``g = 1/2`` is the
-  technical optimum's proportional gain (``L / 2 tau``) with the resistive drop
-  fed forward. Measured over 10 seeded episodes, mean normalized error, PI
-  expert vs this law with ``g = 1/2``: DC current 0.0046 vs 0.0042, PMSM current
-  0.0044 vs 0.0042.
-- Speed: symmetrical-optimum proportional gain on the closed current loop (a lag
-  of ``2 tau`` at ``g = 1/2``) plus feed-forward of the inertia torque of the
-  reference's slope and of the load's known static torque. PI vs this law: DC
-  speed 0.00035 vs 0.00032, PMSM speed 0.0012 vs 0.0010.
-- Saturation: the dq voltage is limited to the inverter's circle serving the d
-  axis first, the DC voltage and the current demands are clipped. Being static,
-  the laws cannot wind up.
+project's, in physical units (volts, amperes, rad/s); the experts in
+:mod:`genba.envs.embodiments.drives` convert observations in and commands out.
+Predictive (deadbeat-type) current control with gain fraction ``g``, a
+symmetrical-optimum speed loop, and model feed-forward (resistive drop,
+back-EMF, inertia and load torque) instead of integrators. Why static: an
+imitator sees only observations, and an integrator is hidden state that no
+observed channel explains. The laws, and the measurements against the earlier
+PI experts: docs/machines.md#drive-experts.
 """
 
 from __future__ import annotations

@@ -5,41 +5,19 @@ embodiment, so a mixed batch is one trunk pass)::
 
     [lang summaries (S)] [embodiment + control rate (1)] [obs history (H)] [readouts (R)]
 
-- Language: a tiny byte-level (UTF-8) transformer and attention pooling to S
-  summary tokens, so English and Japanese instructions enter the same way and
-  the per-step token count stays small; the summary can be computed once per
-  instruction and passed back as ``lang_summary`` (the policy caches it), and
-  in training each distinct instruction of a batch is encoded once.
-- Stem (per embodiment): an MLP from one observation frame to one token, a
-  learned pad token for frames before the episode start, and the embodiment
-  token. The control rate enters through sinusoidal features of log(fps), so an
-  unseen machine still tells the trunk how fast it runs (RDT-1B feeds it too).
-- Language skip: the mean of the summaries is handed to every head next to its
-  readouts. Through the trunk alone the instruction was ignored (measured:
-  swapping "reach" for "push" changed no action, and the summaries collapsed
-  to one vector within ~250 mixed-embodiment steps, because most tasks are
-  identifiable from the state); the short path keeps a gradient on it from the
-  first step (same-scene tasks: reach / push / pick-place). It is scaled by a
-  constant, not normed: the collapse grows a component common to all
-  instructions, and a norm would divide the instruction-specific part by it
-  (measured: with an RMSNorm here the swap test still read 0 after 2000 steps).
-- Head (per embodiment): its own readout queries (CrossFormer's readout groups)
-  and either an L1 chunk regressor (default; OpenVLA-OFT) or a conditional
-  flow-matching head (pi0: t ~ Beta(1.5, 1), x_t = t*noise + (1-t)*a, velocity
-  target noise - a, Euler steps at inference). Flow steps only rerun the head.
-- Observation-linear path (``cfg.obs_linear``, per embodiment, inside the head
-  module): a linear map from the normalized history (H frames) to the chunk,
-  zero at init, added to the head's output (the flow head models the residual).
-  Why: a drive's current and speed loops are near-linear laws whose gains are
-  large in normalized units and whose inputs include differences of nearly
-  equal frames (a reference's slope). Measured, drives-only ``small`` for 6
-  min: without it the DC current loop tracked at 3.8x the expert's error
-  (0.0165 vs 0.0043, 1,346 steps), with it 1.1x (0.0047, 2,048 steps; the
-  first run shared its core). The path represents such laws exactly and
-  leaves the trunk the nonlinear rest (saturation, tasks, language); for the
-  arms it is one more term the trunk corrects.
+- Language: a byte-level transformer pooled to S summary tokens (en and ja
+  alike), cached per instruction; its mean also skips the trunk to every head,
+  scaled by a constant, because through the trunk alone the instruction was
+  ignored.
+- Stem (per embodiment): one observation frame -> one token, a learned pad
+  token before the episode start, the embodiment token with log(fps) features.
+- Head (per embodiment): readout queries and an L1 chunk regressor (default) or
+  a flow-matching head (pi0); ``cfg.obs_linear`` adds a linear map from the
+  normalized history to the chunk, for the drives' near-linear control laws.
 
-Built under ``torch.device("meta")``, then ``to_empty`` and ``init_weights``.
+Design and the measurements behind the language skip and the linear path:
+docs/concepts.md#the-generalist. Built under ``torch.device("meta")``, then
+``to_empty`` and ``init_weights``.
 """
 
 from __future__ import annotations

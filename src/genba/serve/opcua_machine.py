@@ -1,30 +1,15 @@
 """A simulated machine from the suite behind an OPC UA server (asyncua).
 
-Address space (namespace ``urn:genba:machine``), names from the embodiment spec::
-
-    Objects/<spec.name>/Observations/<obs_name>   AnalogItem, Double, read-only
-    Objects/<spec.name>/Setpoints/<action_name>   AnalogItem, Double, writable
-    Objects/<spec.name>/Status/{Step, Episode, TrackingError, SetpointViolations, RefusedWrites, Instruction}
-
-Every observation and setpoint is an ``AnalogItemType`` variable (OPC UA Part 8)
-with the properties ``EngineeringUnits`` (an ``EUInformation``: the spec's unit
-string as its display name, the UNECE Rec. 20 code where one exists, ``-1``
-where none does) and ``EURange`` (the spec's limits), and a description naming
-both. A write to a setpoint that is non-finite or outside its ``EURange`` is
-refused with ``BadOutOfRange`` for that node alone (the value is unchanged) and
-counted in ``RefusedWrites``.
-
-The machine steps its env once per ``period_s`` of wall time with the current
-setpoints (zero-order hold). Drives run at 10 kHz in simulation; a Python OPC UA
-loop cannot, so by default one control period of simulated time passes per
-``period_s`` of wall time (time dilation): the bridge then sees exactly the
-step-by-step loop the policy was trained on, at a supervisory 100 Hz.
-Setpoints outside the action limits (only possible through a server-side
-write) are clipped by the machine and counted as ``SetpointViolations``.
-
-Security: only Basic256Sha256 SignAndEncrypt endpoints; client certificates
-validated against a trust store (our CA) with time, URI and key-usage checks;
-users are certificate users (anonymous refused) from ``CertificateUserManager``.
+Nodes are named from the embodiment spec (``Objects/<spec.name>/Observations``,
+``Setpoints``, ``Status``); every one is an ``AnalogItemType`` with the spec's
+unit (``EngineeringUnits``) and limits (``EURange``), so a client that never
+saw the spec can read them, and a setpoint write that is non-finite or out of
+range is refused with ``BadOutOfRange`` for that node alone and counted. The
+env steps once per ``period_s`` of wall time with the current setpoints (one
+control period of simulated time per step, so a 10 kHz drive runs the loop the
+policy was trained on at 100 Hz). Only Basic256Sha256 SignAndEncrypt
+endpoints and certificate users. The address space, units, time dilation and
+security in full: docs/safety.md#the-opc-ua-machine-units-ranges-refused-writes.
 """
 
 from __future__ import annotations

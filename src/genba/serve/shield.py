@@ -1,43 +1,16 @@
 """The safety shield: the last software layer between a model and an actuator.
 
-Notable features (see ``docs/safety.md`` for the full argument):
-
-* Works in command space. Each action axis is a chain ``u -> v -> w -> jerk``
-  where ``v = (u_k - u_{k-1})/dt`` and ``w = (v_k - v_{k-1})/dt`` are the discrete
-  derivatives of the emitted command. Every command satisfies exactly
-  ``low <= u <= high``, ``|v| <= max_rate``, ``|w| <= max_accel`` and
-  ``|(w_k - w_{k-1})/dt| <= max_jerk`` (up to float rounding, ~1e-12 relative).
-* Feasibility by construction: the shield only ever emits a command from which a
-  fixed, deterministic *brake law* (time-optimal-style jerk-limited ramp to zero
-  rate) keeps every limit until rest. A candidate is accepted only after
-  simulating that brake law from it; the brake law's own next step is always an
-  accepted fallback, because the simulation from the next state is the same
-  float computation, shifted by one step. So a jerk-limited ramp can never be
-  trapped outside its bounds.
-* Braking-distance-aware position limits: for axes whose command is a velocity
-  of a position seen in the observation (``safety.position_obs_index``), the
-  same simulation predicts the position (``p += gain * u * dt``) and rejects
-  commands from which it could not stop inside ``position_low/high``; this is
-  the discrete form of ``v_max = sqrt(2 * a * d)`` with ``a`` the deceleration the
-  command chain can deliver (``max_rate``), including the jerk-limited lag.
-* Rejects NaN/inf and malformed model outputs and observations (controlled
-  stop; never an exception), blocks commands that would carry the end effector
-  into a keep-out box, runs a watchdog (no fresh command or observation within
-  ``deadline_s`` -> controlled stop), and latches an e-stop that only an
-  authenticated reset clears.
-* The watchdog runs on the shield's own monotonic clock (``time.monotonic``, or
-  an injected clock for simulation and tests). A caller's timestamp is data: it
-  is checked (finite, strictly advancing, within ``clock_tolerance_s`` of the
-  shield's clock) and a step whose timestamp fails is treated as having no fresh
-  input, so a NaN, frozen or backwards caller clock ends in a controlled stop
-  within the deadline instead of switching the watchdog off.
-* ``plan(chunk, obs)`` shields a chunk served ahead of time: period ``i`` is
-  placed ``i`` control periods after the shield's own "now", never at a time the
-  caller names.
-* Stops are *controlled stops* (IEC 60204-1 category 1/2 style, see docs): the
-  command ramps to the stop value (zero velocity / zero voltage) within the
-  configured rate, acceleration and jerk, then holds there.
-* Every intervention is counted per reason and kept in a bounded event log.
+Every emitted command keeps the spec's bounds and its rate, acceleration and
+jerk limits (discrete derivatives of the command, exact to float rounding),
+and only a command from which a fixed brake law keeps every limit until rest
+is ever emitted, so the shield can never be trapped outside its bounds. On
+top: braking-distance-aware position limits, keep-out boxes, NaN/malformed
+input handling (a controlled stop, never an exception), a watchdog on the
+shield's own monotonic clock (a caller's timestamp is data, checked),
+``plan(chunk, obs)`` for chunks served ahead of time, and a latched e-stop
+that only an authenticated reset clears. Every intervention is counted per
+reason. The full argument (why it is feasible, the stop categories, the
+clock): docs/safety.md.
 """
 
 

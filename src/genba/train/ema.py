@@ -7,11 +7,9 @@ over the last ~``1 / (1 - decay)`` steps removes most of that step-to-step noise
 keeps updating the raw weights; the bundle (``model.safetensors``) holds the
 average, and the training state holds both, so ``--resume`` continues exactly.
 
-Off by default (``TrainConfig.ema_decay = 0``): measured on the drives
-(``small``, 7 min on one core, 3,149 vs 3,228 steps, 30 episodes per task),
-decay 0.996 against the raw weights gave PMSM speed success 0.20 vs 0.27
-(error 0.0013 vs 0.0026) and DC speed 0.90 vs 0.87, the current loops equal:
-no clear gain at this run length, so the product recipe does not use it.
+Off by default (``TrainConfig.ema_decay = 0``): on the drives it showed no
+clear gain at this project's run lengths (the measurement:
+docs/concepts.md#weight-averaging-ema-built-off-by-default).
 
 The decay warms up as ``min(decay, (1 + step) / (10 + step))`` so the average
 does not remember the random initialization for thousands of steps.

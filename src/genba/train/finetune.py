@@ -3,57 +3,26 @@
     genba finetune runs/small --data runs/data/mt50-new/sawyer --out runs/ft-new-tasks --mode lora --steps 1500
     genba finetune runs/small --data runs/data/dc --spec dc.json --out runs/ft-dc --mode frozen-trunk --minutes 5
 
-Two cases, told apart by the datasets' embodiment names:
+The datasets' embodiment names tell the two cases apart:
 
-- **New tasks of a known embodiment** (new instructions, new goals): the
-  pretrained stem and head of that embodiment are trained further. Its spec must
-  equal the checkpoint's (a different spec under the same name is a different
-  machine: give it another name). Normalization stats: the pretrained weights
-  only make sense under the stats they were trained with, and the pretrained
-  tasks are served with whatever stats the new checkpoint stores, so the
-  parent's stats are **kept** unless the new data leaves their range (a 1st or
-  99th percentile more than ``Z_LIMIT`` normalized units out), in which case
-  they are **pooled** with the new data's (``--stats auto``, the default;
-  ``keep``/``pool``/``data`` force a choice). openpi's quiet fine-tuning
-  failures come from exactly this mismatch (#817, #433, #763); the decision is
-  printed and stored in the lineage.
-- **A new embodiment** described only by its spec (``meta/genba.json`` of the
-  dataset, or ``--spec FILE``): a stem and a head are built from the spec
-  (``Generalist.add_embodiment``) and trained on the new data's own stats.
+- **New tasks of a known embodiment**: its spec must equal the checkpoint's.
+  Stats (``--stats auto``): the parent's are **kept** unless the new data's
+  1st/99th percentile leaves their range by more than ``Z_LIMIT`` normalized
+  units, then **pooled**; the decision is printed and stored in the lineage.
+  ``--scope tasks`` (default with ``frozen-trunk``) copies the machine's stem
+  and head into an entry ``<machine>__<tag>`` that alone trains, with a route
+  table sending the new instructions to it, so old tasks compute exactly what
+  the parent did (no forgetting); ``--scope embodiment`` (default with ``lora``
+  and ``full``, which move the trunk anyway) trains the machine's own entry.
+- **A new embodiment** described only by its spec (``meta/genba.json`` or
+  ``--spec FILE``): a stem and head are built from it and trained on its data's
+  own stats.
 
-``--scope`` says where new tasks of a known embodiment go. ``tasks`` (the
-default with ``--mode frozen-trunk``): the machine's stem and head are *copied*
-into a new model entry ``<machine>__<tag>`` (tag: ``--scope-tag``, default the
-``--out`` directory's name; same spec but the name) and only the copy trains; a
-route table (``genba.data.transforms.RouteInstruction``) sends every
-instruction of the new data, in en and ja, to the copy, and is stored in the
-checkpoint. The machine's own stem and head, the trunk and the language encoder
-stay bit-identical, so every old task computes exactly what the parent did: no
-forgetting (issue 7: unscoped frozen-trunk adaptation to five new MT50 tasks
-took the sixteen pretrained tasks from 0.73 to 0.44). Stats: the copy gets
-``choose_stats`` of the machine's stats and the new data; the machine keeps the
-parent's. Routes accumulate over fine-tunes; an instruction the parent already
-routes elsewhere is refused. ``embodiment`` (the default with ``lora`` and
-``full``, which move the shared trunk and so every task anyway): today's
-behaviour, the machine's own stem and head train. ``tasks`` is refused with
-``lora``/``full``: an adapter merged into the trunk moves old tasks too.
-
-``--mode`` chooses what else trains: ``frozen-trunk`` (only the stems/heads of
-the embodiments in the data; trunk, language encoder and rate embedding stay
-bit-identical), ``lora`` (plus low-rank adapters on the trunk's linear layers,
-folded into the weights at save time, ``genba.model.lora``) or ``full``
-(everything the data touches). ``--from-scratch`` trains the same architecture
-from a fresh init with the same data and steps: the baseline the adaptation
-benchmark compares against. ``--replay DIR`` mixes pretraining data back in
-(rehearsal) against forgetting.
-
-A spec whose dimensions or names differ from the dataset's features, or whose
-limits the demonstrations violate, is refused with an error naming both.
-
-The result is an ordinary checkpoint (``RUN/checkpoints/step-N``: bundle +
-``genba.json`` + train state) that ``load_policy``, ``genba eval`` and the
-server take as they are. Its lineage records the parent (path and SHA-256 of
-its weights and manifest, its whole lineage), the new data and the adaptation.
+``--mode`` says what else trains (``frozen-trunk``, ``lora`` folded into the
+weights at save time, ``full``); ``--from-scratch`` is the benchmark's baseline,
+``--replay DIR`` rehearsal against forgetting. The result is an ordinary
+checkpoint whose lineage records the parent. Every decision, its reasons and
+the measurements: docs/adaptation.md.
 """
 
 from __future__ import annotations

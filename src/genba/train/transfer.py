@@ -1,30 +1,13 @@
 """Warm-start a new machine's stem and head from a known machine, channel by channel.
 
-A new embodiment normally gets a freshly initialized stem and head
-(``Generalist.add_embodiment``): with one or three demonstrations there is little
-to learn them from, and the pretrained trunk cannot help a stem that does not yet
-speak its language. Machines of one family share most of their channels,
-though: the externally excited DC motor observes speed, torque, armature
-current and its reference like the permanently excited one, and drives its
-armature with the same kind of voltage. ``--init-from dc`` copies what carries
-over:
-
-- each observation channel of the new spec is matched to the source's channel
-  of the same name (after ``--channel-map`` renames, e.g. ``i_a=i``, which
-  also renames ``ref_i_a``, ``err_i_a`` and ``dref_i_a``); units must agree;
-- the stem's first layer gets the source's weight columns for matched channels,
-  rescaled so that on raw (un-normalized) values it computes what the source
-  computed: the two machines' normalization stats differ, so a plain copy
-  would feed the trunk shifted, scaled features;
-- the head's output rows (and the linear observation path, both ends) are
-  copied and rescaled the same way for matched actions, so the new head emits
-  the source's raw actions;
-- unmatched new channels and actions start at zero weight (their normalized
-  mean), so at step 0 the new machine runs exactly the source's controller on
-  the channels they share, and training adds what differs.
-
-The test: with every channel matched, the warm-started entry returns the
-source's raw actions for the same raw observations (``tests/train/test_transfer.py``).
+``--init-from dc``: each channel and action of the new spec is matched to the
+source's of the same name (after ``--channel-map`` renames; units must agree),
+and the source's stem columns and head rows are copied rescaled for the two
+machines' normalization stats, so on raw values the new entry computes exactly
+the source's controller on the channels they share; unmatched channels start
+at zero weight and training adds what differs. The test:
+``tests/train/test_transfer.py``; the rationale and the rescaling:
+docs/adaptation.md#warm-start-from-a-known-machine---init-from.
 """
 
 from __future__ import annotations

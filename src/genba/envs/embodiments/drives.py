@@ -4,72 +4,15 @@ Tasks: ``drive/pmsm-current`` (Cont-CC-PMSM-v0), ``drive/pmsm-speed``
 (Cont-SC-PMSM-v0), ``drive/dc-current`` (Cont-CC-PermExDc-v0) and
 ``drive/dc-speed`` (Cont-SC-PermExDc-v0), all in group ``drives``.
 
-Notable choices
-- One embodiment spec per machine (``pmsm``, ``dc``), shared by its current and
-  speed tasks: both tasks of a machine run the same motor, converter and DC link
-  (the PMSM speed env gets the current env's 300 V supply instead of its own
-  420 V so normalized voltages mean the same thing), only the load differs
-  (constant 100 rad/s for current control, free shaft with friction for speed).
-- Observation = GEM's normalized state (``state / limit``, names from the env)
-  without the applied voltages (``u``, ``u_a/b/c``, ``u_sd/u_sq``), plus for the
-  PMSM cos/sin of the electrical angle, plus one reference slot per
-  controllable quantity (``ref_omega``, ``ref_i_*``; 0 where the task does not
-  reference it), one control-error slot per quantity (``err_* = ref_* -
-  state``, 0 where not referenced), one reference-slope slot per quantity
-  (``dref_*``: the shown reference's change over the last period, what a
-  drive's setpoint generator hands its speed controller for acceleration
-  feed-forward) and a ``speed_mode`` flag (1 for speed tasks). The reference
-  shown is the one the next step is scored against.
-- Held inner references (``DriveTask.held``): the PMSM speed task holds
-  ``i_d = 0`` (field-oriented control below base speed), so ``ref_i_sd = 0`` and
-  ``err_i_sd = -i_sd`` are shown there, though only the speed is scored. Why:
-  the expert keeps ``i_d`` within 0.0007 of zero, so with a blank slot no
-  speed-mode sample shows the d-axis feedback; a ``small`` policy then let
-  ``i_d`` drift to the current limit (traced: ``i_sd`` -0.85 -> -1.0, the
-  expert's ``u_sd`` +1.0, the policy's -0.1) and tripped in 22 of 30 episodes.
-  Shown in the slot the current task fills, the error carries the gain the
-  policy learns there: the same weights, shown it, finished 5 of 5 of those
-  failed episodes; retrained with it, 27 of 30 episodes succeeded. The q
-  current stays blank: it is the speed loop's own choice, which a policy must
-  make, not read.
-- Why the error is its own channel: it is the signal the controller acts on
-  (a drive's current controller exposes it), yet in the data it is a small
-  difference of two large, nearly equal features (the expert keeps the state on
-  the reference). A behavior-cloned network learns the large directions first:
-  trained with only ``ref`` and ``state`` it reached a feedback gain
-  ``d u_sq / d i_sq`` of -0.02 where the expert has -16 (PMSM), -0.003 vs -0.33
-  (DC), and in closed loop tracked 10-50x worse than its action error on expert
-  states predicts. As a feature of its own, normalized by its own spread, the
-  error is a first-order input. The slope channel exists for the same reason:
-  differenced from two frames of ``ref_omega`` it needs a normalized gain of
-  ~1000; measured with it only in the history, a drives-only ``small`` run
-  tracked the current loops at 1.1-1.2x the expert and tripped both speed
-  loops' current limits.
-- PMSM actions are the stator voltage in the rotor dq frame (normalized to half
-  the DC link, 150 V): a learned policy then sees near-constant targets instead
-  of 50-150 Hz sinusoids. The env modulates them into the B6 bridge's phase
-  duty cycles with the rotor angle advanced half a period (the abc command is
-  held while the rotor turns) and min-max zero-sequence injection, the same as
-  GEM's own ``control_space='dq'`` plus the usual delay compensation.
-- Why no applied voltages: at 10 kHz the expert's command barely changes from
-  one step to the next (median |du| ~1e-4), so the previous voltage in the
-  observation predicts the next one almost perfectly and a behavior-cloned
-  policy copies it instead of learning the feedback on the current error
-  (causal confusion, "copycat" policies). Measured with the GEM observation: a
-  policy trained on dc-current had ``d action / d i`` = -0.005 against the
-  expert's -0.33 and tracked 10x worse in closed loop than its action error on
-  expert states predicts. The experts never read these channels.
-- ``gym_electric_motor`` (~6 s to import) is imported only when an env is
-  built; the specs come from :data:`PMSM`/:data:`DC`'s copy of GEM's limits,
-  which :func:`gem_limits` (and the tests) check against GEM.
-- References: seeded step/ramp profiles (:mod:`genba.envs.drive_references`)
-  replace GEM's Wiener processes, so ``reset(seed=s)`` reproduces an episode.
-- Episodes have a fixed length; GEM's limit violation (current limit) ends an
-  episode early as a failure. ``info["tracking_error"]`` is the per-step
-  ``|ref - state|`` in normalized units averaged over the referenced
-  quantities; ``info["success"]`` is True only on the last step, when the
-  episode's mean tracking error is under the task threshold and no limit was
-  violated. Reward is ``-tracking_error``.
+One spec per machine (``pmsm``, ``dc``), shared by its current and speed tasks.
+The observation is GEM's normalized state without the applied voltages (a
+cloned policy would copy them instead of learning the feedback), plus per
+controllable quantity a reference, a control-error and a reference-slope
+channel, and a ``speed_mode`` flag; PMSM actions are rotor-dq stator voltages.
+References are seeded step/ramp profiles; ``info["success"]`` comes on the
+last step (mean tracking error under the task threshold, no limit tripped).
+Why each channel exists, and the measurements behind it:
+docs/machines.md#electric-drives.
 """
 
 from __future__ import annotations
@@ -109,7 +52,7 @@ class Machine:
 
     @property
     def observed(self) -> tuple[str, ...]:
-        """The GEM states in the observation: all but the applied voltages (see module docstring)."""
+        """The observed GEM states: all but the applied voltages (docs/machines.md#why-no-applied-voltages)."""
         applied = ("u", "u_a", "u_b", "u_c", "u_sd", "u_sq")
         return tuple(n for n in self.state_names if n not in applied)
 
@@ -437,15 +380,8 @@ def _dc_speed_profile(rng: np.random.Generator, n: int) -> np.ndarray:
 
 _PMSM_SUPPLY = (("supply", {"u_nominal": 300.0}),)  # both PMSM tasks: 300 V DC link
 
-# Success thresholds on the episode's mean normalized tracking error, set from 50
-# seeded episodes per task (seeds 1000-1049) with the earlier PI experts: expert
-# max / zero-action min were pmsm-current 0.0084 / 0.132, pmsm-speed 0.0023 /
-# 0.0121, dc-current 0.0106 / (zero action always trips the current limit),
-# dc-speed 0.0007 / 0.0075. Each threshold is ~2-3x the expert's worst episode
-# and >= 2.4x under the baseline's best (speed profiles that stay near
-# standstill are easy for zero). The static predictive experts that replaced
-# them (same seeds): worst episodes 0.0081, 0.0020, 0.0100, 0.0007; means
-# 0.0038, 0.0009, 0.0043, 0.00026 (PI: 0.0044, 0.0012, 0.0046, 0.00035).
+# Success thresholds on the episode's mean normalized tracking error: ~2-3x the expert's worst of 50
+# seeded episodes, >= 2.4x under the zero action's best (docs/machines.md#success-thresholds-and-safety-limits).
 
 DRIVE_TASKS = (
     DriveTask("drive/pmsm-current", PMSM, "Cont-CC-PMSM-v0", _PMSM_SUPPLY, ("i_sd", "i_sq"),
@@ -466,13 +402,9 @@ DRIVE_TASKS = (
               "直流モータの回転速度を指令値に追従させてください。"),
 )
 
-# Safety limits on the command, per action axis, in normalized units per second
-# (and per s^2, s^3): the expert's largest first/second/third differences over
-# 50 seeded episodes of each task of the machine (seeds 1000-1049), times 1.25.
-# Measured with the static predictive experts: PMSM rate (1.41e4, 2.00e4), accel (2.11e8, 2.00e8),
-# jerk (3.52e12, 4.00e12) (u_sq swings the whole range in one period when a speed step saturates the
-# current demand); DC rate 3.95e3, accel 5.61e7, jerk 9.56e11. A 10 kHz current loop legitimately swings
-# most of the voltage range in one period (trivial bound 2/tau = 2e4 per s): for the PMSM these bind little.
+# Safety limits on the command, per action axis, in normalized units per second (and per s^2, s^3): the
+# expert's largest first/second/third differences over 50 seeded episodes of each task of the machine,
+# times 1.25 (the measured values: docs/machines.md#success-thresholds-and-safety-limits).
 _SAFETY = {
     "pmsm": SafetyLimits(max_rate=(1.76e4, 2.5e4), max_accel=(2.64e8, 2.5e8), max_jerk=(4.4e12, 5.0e12)),
     "dc": SafetyLimits(max_rate=(4.94e3,), max_accel=(7.01e7,), max_jerk=(1.2e12,)),

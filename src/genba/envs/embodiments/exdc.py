@@ -3,37 +3,12 @@
 Tasks: ``drive/exdc-current`` (Cont-CC-ExtExDc-v0: armature and field current
 tracking) and ``drive/exdc-speed`` (Cont-SC-ExtExDc-v0: speed through the
 armature current with the field held at its nominal current), in group
-``exdc`` only.
-
-Notable choices
-- Held out on purpose (issue 7, adaptation to a new machine): the tasks are not
-  in ``drives``, so the pretraining mixture ``mt10,drives,arms`` never sees this
-  machine. They are in ``all`` (the registry puts every task there).
-- Same env, layout and semantics as the other drives: :class:`DriveEnv`,
-  :func:`obs_names` and :func:`build_spec` from :mod:`.drives`, so a change of
-  the drive observation layout there reaches this machine too. What differs is
-  the point: two actions (armature and field voltage) instead of the DC motor's
-  one, and a second current in the state, reference and error channels.
-- Observation = omega, torque, i_a, i_e, u_sup, then ``ref_*``, ``err_*`` and
-  ``dref_*`` for omega, i_a and i_e, then ``speed_mode`` (15 channels; the DC
-  motor has 11). Both applied voltages are left out, like the other
-  drives' (the copycat argument in :mod:`.drives`); ``u_e`` needs
-  :class:`_ExDcMachine` because the shared list of applied voltages lacks it.
-- The field is a slow R-L circuit (L_e/R_e = 34 ms, 340 control periods): at
-  most ~0.0035 of the 210 A limit per step at 60 V, so field references only
-  ramp, at <= 0.0025 per step. Why no field steps: any step saturates the field
-  converter (the current gain is ~L_e / 2 tau = 27 V/A) for many periods, long
-  stretches of a constant, saturated action that teach a policy nothing about
-  the feedback. The armature (L_a/R_a = 1.2 ms) steps within a few periods,
-  unsaturated, as on the DC motor.
-- The speed task starts with the field at its nominal 97 A (GEM's motor
-  initializer) and its expert holds it there: the torque constant
-  ``L_e' i_e`` is then 0.165 Vs, the DC motor's ``psi_e``. The experts are the
-  static predictive laws of :mod:`genba.envs.drive_control` (no integrators to
-  preload), so the field voltage is ``R_e i_e`` from the first step.
-- GEM monitors only ``i_a`` and ``i_e`` (|i| <= 210 A); the torque
-  (``L_e' i_e i_a``, up to 75 N*m against a 38 N*m "limit") is not a
-  constraint there, so it is not one here either.
+``exdc`` only, so the pretraining mixture never sees this machine (the
+adaptation benchmark's new machine). Same env and observation layout as
+:mod:`.drives` (:class:`DriveEnv`, :func:`obs_names`, :func:`build_spec`), with
+two actions (armature and field voltage) and a second current. The slow field
+circuit only gets ramped references. Why, with its time constants:
+docs/machines.md#externally-excited-dc-motor.
 """
 
 from __future__ import annotations
@@ -123,7 +98,7 @@ class ExDcExpert(_CascadeExpert):
 # ---- tasks -------------------------------------------------------------------
 def _current_profile(rng: np.random.Generator, n: int) -> np.ndarray:
     # armature as the DC motor's current task; the field starts de-energized and
-    # only ramps, within its reachable slope (module docstring)
+    # only ramps, within its reachable slope (docs/machines.md#externally-excited-dc-motor)
     field = step_ramp_profile(rng, n, 0.05, 0.6, max_slope=0.0025, p_step=0.0)
     return np.stack([step_ramp_profile(rng, n, -0.6, 0.6), field], axis=1)
 
@@ -136,12 +111,9 @@ def _speed_profile(rng: np.random.Generator, n: int) -> np.ndarray:
 
 _FIELD_ON = (("motor", {"motor_initializer": {"states": {"i_a": 0.0, "i_e": I_E_NOMINAL}}}),)
 
-# Success thresholds on the episode's mean normalized tracking error, set from 50
-# seeded episodes per task (seeds 1000-1049) with the earlier PI expert: expert
-# max / zero-action min were exdc-current 0.0055 / 0.118, exdc-speed 0.00041 /
-# 0.0075. Like the other drives': ~2.5x the expert's worst episode, >= 7x under
-# the baseline's best. The static predictive expert (same seeds): worst 0.0056 /
-# 0.00026, mean 0.0031 / 0.00017.
+# Success thresholds on the episode's mean normalized tracking error, as for the other drives: ~2.5x the
+# expert's worst of 50 seeded episodes, >= 7x under the zero action's best
+# (docs/machines.md#success-thresholds-and-safety-limits).
 EXDC_TASKS = (
     DriveTask("drive/exdc-current", EXDC, "Cont-CC-ExtExDc-v0", (), ("i_a", "i_e"), _current_profile, 300,
               0.015,
@@ -154,11 +126,9 @@ EXDC_TASKS = (
               held=(("i_e", I_E_NOMINAL),)),
 )
 
-# Safety limits on the command (normalized units per s, s^2, s^3 per action
-# axis): the expert's largest first/second/third differences over 50 seeded
-# episodes of both tasks (seeds 1000-1049), times 1.25, as for the other drives.
-# Measured (u_a, u_e) with the static predictive expert: rate (3.94e3, 2.37e3),
-# accel (6.55e7, 2.37e7), jerk (1.04e12, 3.54e11).
+# Safety limits on the command (normalized units per s, s^2, s^3 per action axis): the expert's largest
+# first/second/third differences over 50 seeded episodes of both tasks, times 1.25, as for the other drives
+# (the measured values: docs/machines.md#success-thresholds-and-safety-limits).
 SAFETY = SafetyLimits(max_rate=(4.93e3, 2.96e3), max_accel=(8.19e7, 2.96e7), max_jerk=(1.3e12, 4.43e11))
 DESCRIPTION = ("Externally (separately) excited DC motor (gym-electric-motor 3.0.3 defaults: R_a=16 mOhm, "
                "L_a=19 uH, R_e=160 mOhm, L_e=5.4 mH, L_e'=1.7 mH) on two continuous four-quadrant converters "

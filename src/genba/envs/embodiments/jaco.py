@@ -1,27 +1,13 @@
 """Kinova Jaco (6 axes) on a table: joint-velocity control, reach and push tasks.
 
-Notable features
-- The arm model is the Jaco that ships inside the ``dm-control`` wheel
-  (``dm_control/third_party/kinova/jaco_arm.xml``), so it loads offline. We
-  compose the scene with MuJoCo's own ``MjSpec`` and step it ourselves; no
-  rendering, no dm_control runtime.
-- A pusher tool (capsule, r = 2 cm) replaces the hand: an industrial arm with a
-  fixed tool, and contacts that stay predictable while pushing.
-- Actions are joint velocity commands (rad/s). MuJoCo ``intvelocity``-style
-  actuators integrate them into position targets clamped to the joint range and
-  servo to them (PD, torque-limited, gravity compensated), so the joint limits
-  hold whatever the policy sends. Speed and torque limits are the ones
-  dm_control uses for the real arm (36 deg/s and 30.5 N m for joints 1-3,
-  48 deg/s and 6.8 N m for joints 4-6).
-- Control at 20 Hz (10 physics substeps of 5 ms): deliberately not Meta-World's rate.
-- Observation: joint positions and velocities, the tool tip, box and goal
-  positions, then the same positions as differences (ee->goal, ee->object,
-  object->goal): clones learn the small near-target corrections from these.
-- The expert is damped-least-squares IK on MuJoCo's site Jacobian (position
-  plus keeping the tool pointing down), acting from the observation only: it
-  recomputes kinematics from the observed joint angles on its own ``MjData``.
-  Its commands pass a 2-pole low-pass filter whose worst-case rate, accel and
-  jerk bounds are the spec's safety limits, so it respects them by construction.
+The arm is the Jaco model inside the ``dm-control`` wheel (loads offline),
+composed with MuJoCo's ``MjSpec`` and stepped directly, with a pusher tool for
+a hand. Joint velocity commands at 20 Hz drive integrating position servos, so
+the joint limits hold whatever the policy sends. The observation adds
+ee->goal, ee->object and object->goal differences; the expert is
+damped-least-squares IK from the observation alone, low-pass filtered within
+the spec's safety limits. The choices and their reasons:
+docs/machines.md#kinova-jaco.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
 """Sawyer arm: all 50 Meta-World v3 (MT50) tasks, MT10 named as a subset.
 
-Notable choices, each fixing a trap of Meta-World 3.1.1:
-- Envs are built per task from ``ALL_V3_ENVIRONMENTS`` with
-  ``_freeze_rand_vec = False``: object and goal positions are drawn anew at
-  every reset (the benchmark builders ``MT10``/``MT50`` instead precompute 50
-  fixed goals per task and take 6-45 s to build; one env here takes ~0.2 s).
-- The goal is observable (``_partially_observable = False``). The cached
-  ``sawyer_observation_space`` must then be recomputed: ``step`` clips every
-  observation to it, and the copy cached at construction has zero goal bounds.
-  ``env.observation_space`` keeps those wrong bounds, so the spec below uses the
-  real ones (hand space, gripper, unit quaternions, union of the 50 goal spaces).
-- Meta-World ignores ``reset(seed=...)``; with ``seeded_rand_vec = True`` it
-  draws the random reset vector from ``env.np_random``, which ``env.seed(s)``
-  sets. The wrapper seeds it at construction and on ``reset(seed=s)``.
-- ``reset`` returns an unclipped observation while ``step`` clips: the wrapper
-  clips both the same way.
-
+Envs are built per task with fresh object and goal positions at every reset,
+an observable goal with its real observation bounds, ``reset(seed=s)`` that
+actually seeds, and the same clipping on ``reset`` and ``step``: each fixes a
+trap of Meta-World 3.1.1 (which, and why: docs/machines.md#sawyer-arm-meta-world).
 The 39-d observation is the current frame (hand xyz, gripper opening, two
-objects' position and quaternion, zero-padded when a task has one object), the
-previous frame with the same layout, and the goal xyz.
+objects' position and quaternion), the previous frame, and the goal xyz.
 """
 
 from __future__ import annotations
@@ -38,7 +25,7 @@ MAX_STEPS = 500  # Meta-World's horizon (max_path_length)
 HOLD_STEPS = 10  # frames kept after first success so the policy learns to hold
 CONTROL_PERIOD = 5 * 0.0025  # frame_skip * model timestep; checked against the env in tests
 
-# Observation bounds that hold for every task (see module docstring).
+# Observation bounds that hold for every task (docs/machines.md#sawyer-arm-meta-world).
 _HAND_LOW, _HAND_HIGH = (-0.525, 0.348, -0.0525), (0.525, 1.025, 0.7)  # SawyerXYZEnv._HAND_SPACE
 _GOAL_LOW, _GOAL_HIGH = (-0.5, 0.4, -0.15), (0.51, 1.0, 0.5)  # union of the 50 tasks' goal_space
 _MOCAP_LOW, _MOCAP_HIGH = (-0.5, 0.35, -0.15), (0.5, 1.0, 0.5)  # union of the tasks' hand_low/high
