@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from genba.envs.registry import get_task
 from genba.model.bundle import save_bundle
 from genba.model.config import get_preset
-from genba.model.generalist import Generalist
+from genba.model.generalist import build_model
 from genba.serve.backends import load_backend
 from genba.serve.server import PolicyServer, ServerConfig, build_app
 
@@ -30,10 +29,7 @@ def stats_for(spec):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     specs = {get_task(t).spec.name: get_task(t).spec for t in TASKS}
-    with torch.device("meta"):
-        model = Generalist(get_preset("debug"), specs)
-    model.to_empty(device="cpu")
-    model.init_weights()
+    model = build_model(get_preset("debug"), specs)
     d = tmp_path_factory.mktemp("ckpt")
     save_bundle(d, model, stats={n: stats_for(s) for n, s in specs.items()}, preset="debug",
                 lineage={"datasets": ["none: random weights for tests"]})

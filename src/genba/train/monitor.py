@@ -15,6 +15,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from genba.atomic import write_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -30,9 +32,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             continue
         if rec.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept))
-    tmp.replace(path)
+    write_atomic(path, "".join(l + "\n" for l in kept))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
