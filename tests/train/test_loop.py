@@ -9,6 +9,7 @@ by printing the same quantities as these tests compute.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -18,7 +19,7 @@ from genba.train import trainer as T
 from genba.train.baseline import BaselineConfig, TaskEntry, train_task
 from genba.train.config import get_train_preset
 from genba.train.finetune import FinetuneConfig, default_train_config, finetune
-from genba.train.loop import Budget, Dist, LoopState, _Clock, plan
+from genba.train.loop import Dist, LoopState, RunLength, Clock, stop_and_total
 from genba.train.monitor import read_metrics
 
 DEBUG = get_train_preset("debug").replace(steps=6, ckpt_every=3, keep_last=5)
@@ -45,6 +46,17 @@ def test_finetune_losses_are_the_pre_refactor_figures(pretrained, toy_data, tmp_
     assert [r["loss"] for r in res.history] == pytest.approx(FINETUNE_LORA_LOSSES, rel=1e-5, abs=1e-6)
 
 
+def test_finetune_time_budget_is_the_trainers_rule(pretrained, toy_data, tmp_path):
+    """Fine-tuning used to stop on its own clock without a reserve; it now shares the trainer's rule."""
+    tc = default_train_config().replace(steps=10**6, minutes=0.05, batch_size=8, log_every=5)
+    cfg = FinetuneConfig(mode="frozen-trunk", scope="embodiment", tensorboard=False, train=tc)
+    res = finetune(pretrained.checkpoint, toy_data[1:], tmp_path / "ft", cfg, progress=False)
+    state = json.loads((res.checkpoint / "train_state" / "trainer.json").read_text())
+    assert 5 < res.step < 10**6 and state["kind"] == "finetune"
+    assert state["elapsed"] <= 3.0 - 0.05 * 3.0 + 0.5  # the reserve is kept for the final checkpoint
+    assert state["total_steps"] < 10**6  # the cosine was fitted to the steps that fit
+
+
 def test_baseline_loss_is_the_pre_refactor_figure():
     torch.manual_seed(0)
     entry = TaskEntry("toy/reach", "toyarm", (), "reach", "r", in_dim=4, out_dim=2, width=8)
@@ -55,30 +67,30 @@ def test_baseline_loss_is_the_pre_refactor_figure():
     assert figures["final_loss"] == pytest.approx(BASELINE_FINAL_LOSS, rel=1e-5)
 
 
-def _clock(seconds_ago: float, steps0: int = 0) -> _Clock:
+def _clock(seconds_ago: float, steps0: int = 0) -> Clock:
     now = time.perf_counter()
-    return _Clock(origin=now, before=0.0, steps0=steps0, session_t0=now - seconds_ago)
+    return Clock(origin=now, before=0.0, steps0=steps0, session_t0=now - seconds_ago)
 
 
 def test_budget_by_steps_never_stops_early():
-    assert plan(Budget(40), LoopState(step=3, total_steps=40), 1e9, _clock(1.0), Dist()) == (False, 40)
+    assert stop_and_total(RunLength(40), LoopState(step=3, total_steps=40), 1e9, _clock(1.0), Dist()) == (False, 40)
 
 
 def test_time_budget_keeps_a_reserve_only_for_a_final_checkpoint():
-    budget = Budget(1000, seconds=100.0)
-    assert budget.reserve(final_save=True) == 5.0 and budget.reserve(final_save=False) == 0.0
-    assert Budget(1000, seconds=20.0).reserve(True) == pytest.approx(1.0)  # 5% of a short budget
+    length = RunLength(1000, seconds=100.0)
+    assert length.reserve(final_save=True) == 5.0 and length.reserve(final_save=False) == 0.0
+    assert RunLength(1000, seconds=20.0).reserve(True) == pytest.approx(1.0)  # 5% of a short budget
     state = LoopState(step=2, total_steps=1000)  # too few steps to measure: the first estimate stands
-    assert plan(budget, state, 96.0, _clock(1.0), Dist(), reserve=5.0) == (True, 1000)
-    assert plan(budget, state, 96.0, _clock(1.0), Dist(), reserve=0.0) == (False, 1000)
+    assert stop_and_total(length, state, 96.0, _clock(1.0), Dist(), reserve=5.0) == (True, 1000)
+    assert stop_and_total(length, state, 96.0, _clock(1.0), Dist(), reserve=0.0) == (False, 1000)
 
 
 def test_time_budget_stretches_the_total_over_the_measured_rate():
-    budget = Budget(1000, seconds=100.0)
+    length = RunLength(1000, seconds=100.0)
     state = LoopState(step=50, total_steps=1000)
-    stop, total = plan(budget, state, 40.0, _clock(10.0), Dist(), reserve=0.0)  # 5 steps/s, 60 s left
+    stop, total = stop_and_total(length, state, 40.0, _clock(10.0), Dist(), reserve=0.0)  # 5 steps/s, 60 s left
     assert not stop and 345 <= total <= 350
-    _, capped = plan(Budget(1000, seconds=100.0, max_steps=120), state, 40.0, _clock(10.0), Dist())
+    _, capped = stop_and_total(RunLength(1000, seconds=100.0, max_steps=120), state, 40.0, _clock(10.0), Dist())
     assert capped == 120
-    _, late = plan(budget, state, 99.99, _clock(10.0), Dist())
+    _, late = stop_and_total(length, state, 99.99, _clock(10.0), Dist())
     assert late == 51  # at least one more step until the clock says stop

@@ -38,7 +38,7 @@ from genba.data.stats import stats_to_json
 from genba.data.transforms import Normalize, stats_by_embodiment
 from genba.finite import NonFiniteError
 from genba.model.baseline import FORMAT, KIND, MARKER, WEIGHTS, BaselineError, TaskMLP
-from genba.train.loop import Budget, LoopConfig, fit
+from genba.train.loop import LoopConfig, RunLength, fit
 
 _UNBOUNDED = 2**62  # "no step limit" for a run that only has a time budget
 
@@ -213,7 +213,7 @@ def train_task(entry: TaskEntry, data: tuple[torch.Tensor, ...], cfg: BaselineCo
     def schedule(p) -> float:  # in time, so the schedule ends with the budget
         return cfg.lr * lr_factor(max(p.elapsed / p.seconds, p.step / max_steps), cfg)
 
-    loop = LoopConfig(Budget(cfg.max_steps or _UNBOUNDED, seconds, cfg.max_steps), grad_clip=cfg.grad_clip,
+    loop = LoopConfig(RunLength(cfg.max_steps or _UNBOUNDED, seconds, cfg.max_steps), grad_clip=cfg.grad_clip,
                       where=f"baseline task {entry.id!r}")
     res = fit(loop, model, opt, batch, loss, schedule, after_step=smooth.update)
     return model.eval(), {"steps": res.state.step, "seconds": round(res.seconds, 2), "final_loss": smooth.value,

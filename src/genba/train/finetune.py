@@ -374,7 +374,7 @@ def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifes
     monitor = Monitor(run_dir, enabled=True, total_steps=tc.steps, progress=progress, tensorboard=cfg.tensorboard)
     try:
         res = fit(loop, model, optimizer, batch, model.loss, lambda p: trainer.lr_at(p.step, tc, p.total),
-                  origin=origin, device=device, log=trainer._monitor_log(monitor), save=save)
+                  origin=origin, device=device, log=monitor.record, save=save)
         monitor.advance(res.state.step, res.state.step)
     finally:
         monitor.close()

@@ -7,7 +7,7 @@ optimizer step, the ``after_step`` hook (weight EMA, progress ticks); then the
 windowed metrics record every ``log_every`` steps and the checkpoint cadence.
 What differs between the three callers (the model, the batches, the loss, the
 schedule, what a checkpoint holds) is passed in; how long a run lasts is decided
-here only, by :func:`plan`.
+here only, by :func:`stop_and_total`.
 
 One time-budget rule: the run stops once ``seconds`` (counted from the clock's
 origin, so setup and earlier sessions of a resumed run count too) minus a
@@ -48,7 +48,7 @@ class Dist:
 
 
 @dataclass(frozen=True)
-class Budget:
+class RunLength:
     """How long a run lasts: ``steps``, or ``seconds`` of wall time.
 
     With ``seconds``, ``steps`` is only the first estimate of the total (the
@@ -69,7 +69,7 @@ class Budget:
 class LoopConfig:
     """The loop's own settings; ``loss_keys`` are the metrics averaged into each record (same on every rank)."""
 
-    budget: Budget
+    length: RunLength
     grad_clip: float = 1.0  # 0: measure the norm, do not clip
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     log_every: int = 0  # 0: no records
@@ -118,7 +118,7 @@ def fit(cfg: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optimize
         world: Dist = Dist(), device: torch.device | None = None,
         after_step: Callable[[int, dict], None] | None = None, log: Callable[[dict], None] | None = None,
         save: Callable[[LoopState], Path] | None = None) -> FitResult:
-    """Train ``model`` until ``cfg.budget`` is spent; see the module docstring.
+    """Train ``model`` until ``cfg.length`` is spent; see the module docstring.
 
     ``batch(step) -> (batch, samples in it over all ranks)``; ``loss(batch) ->
     (loss, metrics)`` runs under autocast (``model`` is what gets clipped: the
@@ -127,18 +127,18 @@ def fit(cfg: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optimize
     clock started at (default: now). ``save(state)`` writes a checkpoint on the
     cadence and once at the end; ``log(record)`` gets every metrics record.
     """
-    state = state if state is not None else LoopState(total_steps=cfg.budget.steps)
-    clock = _Clock(time.perf_counter() if origin is None else origin, state.elapsed, state.step)
+    state = state if state is not None else LoopState(total_steps=cfg.length.steps)
+    clock = Clock(time.perf_counter() if origin is None else origin, state.elapsed, state.step)
     device = device or next(model.parameters()).device
-    autocast, reserve = autocast_dtype(cfg.precision), cfg.budget.reserve(save is not None)
+    autocast, reserve = autocast_dtype(cfg.precision), cfg.length.reserve(save is not None)
     out, window = FitResult(state), _Window(cfg.loss_keys)
     saved_step, last_save = None, time.perf_counter()
     while True:
         elapsed = clock.elapsed()
-        stop, state.total_steps = plan(cfg.budget, state, elapsed, clock, world, reserve)
+        stop, state.total_steps = stop_and_total(cfg.length, state, elapsed, clock, world, reserve)
         if stop or state.step >= state.total_steps or (cfg.stop_at is not None and state.step >= cfg.stop_at):
             break
-        lr = schedule(Progress(state.step, state.total_steps, elapsed, cfg.budget.seconds))
+        lr = schedule(Progress(state.step, state.total_steps, elapsed, cfg.length.seconds))
         for g in optimizer.param_groups:
             g["lr"] = lr
         data, samples = batch(state.step)
@@ -173,7 +173,9 @@ def _update(cfg: LoopConfig, model, optimizer, loss: torch.Tensor, metrics: dict
 
 
 @dataclass
-class _Clock:
+class Clock:
+    """The run's wall clock (what a time budget counts) and this session's (what the step rate is measured on)."""
+
     origin: float  # perf_counter() when the run's clock started (this session's setup counts)
     before: float  # seconds of earlier sessions
     steps0: int  # step this session started at
@@ -183,18 +185,18 @@ class _Clock:
         return self.before + time.perf_counter() - self.origin
 
 
-def plan(budget: Budget, state: LoopState, elapsed: float, clock: _Clock, world: Dist,
-         reserve: float = 0.0) -> tuple[bool, int]:
+def stop_and_total(length: RunLength, state: LoopState, elapsed: float, clock: Clock, world: Dist,
+                   reserve: float = 0.0) -> tuple[bool, int]:
     """(stop now?, total steps): the one time-budget rule (module docstring); rank 0 decides for all."""
-    if budget.seconds is None:
-        return False, budget.steps
-    stop, total = elapsed >= budget.seconds - reserve, state.total_steps
+    if length.seconds is None:
+        return False, length.steps
+    stop, total = elapsed >= length.seconds - reserve, state.total_steps
     done = state.step - clock.steps0
     if done >= MEASURE_AFTER:
         rate = done / max(1e-9, time.perf_counter() - clock.session_t0)
-        total = max(state.step + 1, int(state.step + max(0.0, budget.seconds - reserve - elapsed) * rate))
-    if budget.max_steps is not None:
-        total = min(total, budget.max_steps)
+        total = max(state.step + 1, int(state.step + max(0.0, length.seconds - reserve - elapsed) * rate))
+    if length.max_steps is not None:
+        total = min(total, length.max_steps)
     if world.world > 1:
         flags = torch.tensor([float(stop), float(total)], dtype=torch.float64)
         dist.broadcast(flags, src=0)

@@ -86,6 +86,11 @@ class Monitor:
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, record["step"])
 
+    def record(self, record: dict[str, Any]) -> None:
+        """A training loop's record (:func:`genba.train.loop.fit`): logged, and the bar moved to its step."""
+        self.log(record)
+        self.advance(record["step"], record["total_steps"], record.get("loss"), record.get("samples_per_s"))
+
     def advance(self, step: int, total: int, loss: float | None = None, sps: float | None = None) -> None:
         """Move the bar to ``step`` of ``total`` (total may change in a time-budgeted run)."""
         if self._progress is None:

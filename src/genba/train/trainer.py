@@ -41,7 +41,7 @@ from genba.train import checkpoint as ckpt
 from genba.train import rundir
 from genba.train.config import TrainConfig, TrainConfigError
 from genba.train.ema import WeightEMA
-from genba.train.loop import Budget, Dist, LoopConfig, LoopState, fit
+from genba.train.loop import Dist, LoopConfig, LoopState, RunLength, fit
 from genba.train.monitor import Monitor
 from genba.train.parallelize import ParallelPlan, build_mesh, data_rank, parallelize
 
@@ -262,7 +262,7 @@ def _train(cfg: TrainConfig, data_dirs, run_dir: Path, world: Dist, device: torc
         res = fit(loop_config(cfg, data.specs, stop_at), model, optimizer, batch, module,
                   lambda p: lr_at(p.step, cfg, p.total), state=state, origin=t0, world=world, device=device,
                   after_step=(lambda step, _: ema.update(step)) if ema is not None else None,
-                  log=_monitor_log(monitor), save=save)
+                  log=monitor.record, save=save)
         monitor.advance(state.step, state.step)
     finally:
         monitor.close()
@@ -273,17 +273,10 @@ def _train(cfg: TrainConfig, data_dirs, run_dir: Path, world: Dist, device: torc
 def loop_config(cfg: TrainConfig, specs, stop_at: int | None = None) -> LoopConfig:
     """The loop settings of a training config (fine-tuning uses the same mapping)."""
     seconds = cfg.minutes * 60.0 if cfg.minutes is not None else None
-    return LoopConfig(budget=Budget(cfg.steps, seconds), grad_clip=cfg.grad_clip, precision=cfg.precision,
+    return LoopConfig(length=RunLength(cfg.steps, seconds), grad_clip=cfg.grad_clip, precision=cfg.precision,
                       log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, ckpt_every_minutes=cfg.ckpt_every_minutes,
                       loss_keys=("loss", *(f"loss/{e}" for e in sorted(specs))),
                       mixed_meshes=cfg.tp > 1 or cfg.ep > 1, stop_at=stop_at)
-
-
-def _monitor_log(monitor: Monitor) -> Callable[[dict], None]:
-    def log(rec: dict) -> None:
-        monitor.log(rec)
-        monitor.advance(rec["step"], rec["total_steps"], rec["loss"], rec["samples_per_s"])
-    return log
 
 
 def _ema_extra(ema: WeightEMA | None) -> dict | None:
