@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 from genba.data.lerobot import open_dataset
-from genba.envs.registry import resolve
-from genba.eval.baselines import BaselineConfig, BaselineError, train_baseline
+from genba.envs.registry import get_task, resolve
+from genba.model.baseline import BaselineError
+from genba.train.baseline import BaselineConfig, train_baseline
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(tasks)} tasks, {cfg.processes} process(es) x {cfg.minutes:g} min; history {cfg.history}, "
           f"chunk {cfg.chunk}, depth {cfg.depth}; matching {ref['source']}")
     t0 = time.perf_counter()
-    manifest = train_baseline(cfg, roots, args.out)
+    manifest = train_baseline(cfg, roots, args.out, spec_of=lambda t: get_task(t).spec)
     report(manifest, ref, time.perf_counter() - t0)
     if args.eval_episodes > 0:
         evaluate_baseline(args, tasks)

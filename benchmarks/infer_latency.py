@@ -31,7 +31,7 @@ from genba.model.bundle import save_bundle
 from genba.model.commands import nominal_specs
 from genba.model.config import EXECUTE_MODES, get_preset
 from genba.model.policy import load_policy
-from genba.train.trainer import build_model
+from genba.model.generalist import build_model
 
 MODES = (*EXECUTE_MODES, "chunk")  # chunk: a whole chunk played open loop per model call
 

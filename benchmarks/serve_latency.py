@@ -26,7 +26,7 @@ import uvicorn
 from genba.envs.registry import get_task
 from genba.model.bundle import save_bundle
 from genba.model.config import get_preset
-from genba.model.generalist import Generalist
+from genba.model.generalist import build_model
 from genba.serve.auth import TokenStore
 from genba.serve.backends import load_backend
 from genba.serve.server import PolicyServer, ServerConfig, build_app
@@ -36,10 +36,7 @@ TASKS = ("drive/pmsm-current", "drive/dc-current")
 
 def build_checkpoint(preset: str, d: Path) -> Path:
     specs = {get_task(t).spec.name: get_task(t).spec for t in TASKS}
-    with torch.device("meta"):
-        model = Generalist(get_preset(preset), specs)
-    model.to_empty(device="cpu")
-    model.init_weights()
+    model = build_model(get_preset(preset), specs)
 
     def stats(lo, hi):
         lo, hi = np.clip(lo, -10, 10), np.clip(hi, -10, 10)

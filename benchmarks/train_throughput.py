@@ -31,7 +31,8 @@ import matmul_peak  # noqa: E402
 from genba.model.commands import nominal_specs  # noqa: E402
 from genba.model.config import get_preset  # noqa: E402
 from genba.train.config import get_train_preset  # noqa: E402
-from genba.train.trainer import build_model, build_optimizer  # noqa: E402
+from genba.model.generalist import build_model  # noqa: E402
+from genba.train.trainer import build_optimizer  # noqa: E402
 
 
 def synthetic_batch(cfg, specs, batch_size: int, seed: int = 0, instructions: int = 32) -> dict:

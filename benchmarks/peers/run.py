@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genba.atomic import write_atomic
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))  # adapter.py, report.py (also for spawned eval workers)
@@ -110,9 +112,11 @@ def export_reference(ds: Path, out: Path) -> Path:
     for feat in ("observation.state", "action"):  # meta/stats.json as genba's reader loads it
         for key, val in d.stats[feat].items():
             arrays[f"stats/{feat}/{key}"] = np.asarray(val)
-    tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    def savez(path: Path) -> None:
+        with open(path, "wb") as f:  # a file object: np.savez(path) would append ".npz" to the temp name
+            np.savez(f, **arrays)
+
+    write_atomic(out, savez)
     log(f"interop: genba reader exported {d.num_frames} frames of {d.num_episodes} episodes to {out.name}")
     return out
 

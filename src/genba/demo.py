@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from genba.atomic import write_atomic
 from genba.cli import CLIError
 from genba.data.language import LANGS
 from genba.train.recipes import get_recipe
@@ -158,9 +159,7 @@ class DemoState:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.doc, indent=1, ensure_ascii=False))
-        os.replace(tmp, self.path)  # a kill never leaves a torn state file
+        write_atomic(self.path, json.dumps(self.doc, indent=1, ensure_ascii=False))  # a kill never tears it
 
 
 # ---- the run ---------------------------------------------------------------------------

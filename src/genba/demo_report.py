@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genba.atomic import write_atomic
 from genba.data.language import LANGS
 
 REPORT = "report.md"
@@ -266,10 +267,7 @@ def write_report(demo) -> Path:
     lines += section_governance(st["governance"])
     lines += section_serve(st.get("serve", {}))
     path = root / REPORT
-    tmp = path.with_name(REPORT + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, "\n".join(lines))
 
 
 def print_summary(demo, path: Path) -> None:

@@ -1,8 +1,9 @@
 """Stop a training loop at the first non-finite loss or gradient norm.
 
-One guard for every optimizer loop in the project (the trainer, ``genba
-finetune``, the per-task MLP baseline): call :func:`check_step` after
-``backward()`` and gradient clipping, before ``optimizer.step()``. A NaN or inf
+One guard, applied by the project's one optimizer loop
+(:func:`genba.train.loop.fit`: pretraining, ``genba finetune``, the per-task MLP
+baseline) after ``backward()`` and gradient clipping, before
+``optimizer.step()``. A NaN or inf
 there means the next step would write it into the weights and every later
 checkpoint (issue 19: one flipped byte in an optimizer shard resumed to
 ``loss nan`` and saved 46 all-NaN tensors with exit code 0); stopping before the

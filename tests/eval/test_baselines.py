@@ -10,8 +10,9 @@ import pytest
 from genba.data.lerobot import Episode, write_dataset
 from genba.envs.registry import get_task
 from genba.envs.seeds import eval_seed
-from genba.eval.baselines import (BaselineConfig, BaselineError, TaskMLP, check_baseline_tasks, is_baseline,
-                                  load_baseline, load_baseline_policy, match_widths, mlp_params, train_baseline)
+from genba.eval.baselines import load_baseline_policy
+from genba.model.baseline import BaselineError, TaskMLP, check_baseline_tasks, is_baseline, load_baseline
+from genba.train.baseline import BaselineConfig, match_widths, mlp_params, train_baseline
 from genba.eval.rollout import EvalConfig, run_job
 
 TASKS = ("drive/dc-current", "drive/dc-speed")
@@ -34,7 +35,7 @@ def baseline_dir(dc_dataset, tmp_path_factory):
     cfg = BaselineConfig(tasks=TASKS, target_params=60_000, minutes=0.2, history=2, chunk=4, max_steps=3,
                          batch_size=16)
     out = tmp_path_factory.mktemp("baseline")
-    train_baseline(cfg, [str(dc_dataset)], out, progress=False)
+    train_baseline(cfg, [str(dc_dataset)], out, progress=False, spec_of=lambda t: get_task(t).spec)
     return out
 
 

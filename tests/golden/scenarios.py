@@ -51,7 +51,8 @@ def build(root: Path) -> None:
 
 
 def _build_baseline(out: Path, stats: dict) -> None:
-    from genba.eval.baselines import BaselineConfig, TaskEntry, TaskMLP, save_baseline
+    from genba.model.baseline import TaskMLP
+    from genba.train.baseline import BaselineConfig, TaskEntry, save_baseline
 
     cfg = BaselineConfig(tasks=tuple(t[0] for t in BASELINE_TASKS), target_params=1000, history=2, chunk=4, depth=2)
     entries, results = [], {}

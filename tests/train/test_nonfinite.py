@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from genba.cli import main as cli_main
 from genba.finite import NonFiniteError, check_step
 from genba.train import checkpoint as ckpt
+from genba.train import loop
 from genba.train import trainer as T
 from genba.train.config import get_train_preset
 
@@ -52,8 +53,8 @@ def test_non_finite_loss_stops_at_that_step_and_saves_nothing_from_it(toy_data, 
 
 
 def test_non_finite_gradient_is_named(toy_data, tmp_path, monkeypatch):
-    real = T._clip
-    monkeypatch.setattr(T, "_clip", lambda *a, **k: float("inf") if real(*a, **k) >= 0 else 0.0)
+    real = loop._clip
+    monkeypatch.setattr(loop, "_clip", lambda *a, **k: float("inf") if real(*a, **k) >= 0 else 0.0)
     with pytest.raises(NonFiniteError, match="stopped at step 1: the gradient norm is inf"):
         T.train(DEBUG, toy_data, tmp_path, progress=False)
     assert not list((tmp_path / ckpt.CKPT_DIR).glob("step-*"))
@@ -86,7 +87,7 @@ def test_finetune_stops_on_non_finite_loss(toy_data, tmp_path, monkeypatch):
 
 
 def test_baseline_mlp_stops_on_non_finite_loss():
-    from genba.eval.baselines import BaselineConfig, TaskEntry, train_task
+    from genba.train.baseline import BaselineConfig, TaskEntry, train_task
 
     entry = TaskEntry("toy/reach", "toyarm", (), "reach", "到達", in_dim=4, out_dim=2, width=8)
     x, y, w = torch.randn(16, 4), torch.randn(16, 2), torch.ones(16, 2)

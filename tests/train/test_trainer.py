@@ -10,7 +10,7 @@ import torch
 
 from genba.data.lerobot import open_dataset
 from genba.data.reader import collate
-from genba.data.stats import compute_stats
+from genba.data.stats import aggregate_stats, compute_stats
 from genba.model.bundle import load_model
 from genba.model.policy import load_policy
 from genba.train import checkpoint as ckpt
@@ -132,10 +132,12 @@ def test_bad_inputs_fail_clearly(toy_data, tmp_path):
         T.train(DEBUG.replace(dist="fsdp"), toy_data, tmp_path, progress=False)
 
 
-def test_merge_stats_pools_moments_exactly():
+def test_stats_pool_moments_exactly_and_a_lone_dataset_keeps_its_own():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1, 2, size=(50, 3)), rng.normal(-1, 0.5, size=(150, 3))
-    merged = T.merge_stats([compute_stats({"x": a}), compute_stats({"x": b})])["x"]
+    merged = aggregate_stats([compute_stats({"x": a}), compute_stats({"x": b})])["x"]
     whole = compute_stats({"x": np.concatenate([a, b])})["x"]
     for key in ("mean", "std", "min", "max", "count"):
         np.testing.assert_allclose(merged[key], whole[key], rtol=1e-9, err_msg=key)
+    lone = compute_stats({"x": a})  # one dataset trains on its stats bit for bit (no re-derived std)
+    assert all(np.array_equal(aggregate_stats([lone])["x"][k], v) for k, v in lone["x"].items())

@@ -11,7 +11,7 @@ from genba.data.stats import compute_stats
 from genba.data.transforms import Normalize
 from genba.model.bundle import read_manifest, save_bundle
 from genba.model.config import get_preset
-from genba.model.generalist import Generalist
+from genba.model.generalist import build_model
 from genba.model.policy import load_policy
 from genba.train.finetune import FinetuneConfig, FinetuneError, finetune
 from genba.train.transfer import match_channels, parse_channel_map, warm_start
@@ -20,11 +20,7 @@ from test_finetune import ARM, NEW, quick, world  # noqa: F401 (world: module fi
 
 def build(cfg, specs):
     """A materialized model whose linear observation paths are random too (they start at zero)."""
-    with torch.device("meta"):
-        model = Generalist(cfg, specs)
-    model.to_empty(device="cpu")
-    torch.manual_seed(0)
-    model.init_weights()
+    model = build_model(cfg, specs, "cpu", seed=0)
     with torch.no_grad():
         for head in model.heads.values():
             head.obs_linear.fc.weight.normal_(std=0.05)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from genba.atomic import write_atomic
 from genba.data.lerobot import (ACTION, GENBA_FORMAT_VERSION, GENBA_PATH, INFO_PATH, STATE, STATS_PATH,
                                 TASKS_PATH, DatasetError, feature_names)
 from genba.data.opener import check_info, load_json, open_dataset
@@ -100,7 +101,7 @@ def import_lerobot(src: str | os.PathLike, spec: EmbodimentSpec, *, out: str | o
                       **(source_note or {})}}
     ds = open_dataset(src, genba=doc)  # the whole dataset, checked with the file about to be written
     if out is None:
-        _write_atomic(src / GENBA_PATH, doc)
+        _write_doc(src / GENBA_PATH, doc)
         root = src
     else:
         root = _copy_with(src, Path(out), doc)
@@ -161,10 +162,8 @@ def _task_strings(src: Path) -> list[str]:
     return [s for _, s in pairs]
 
 
-def _write_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=4, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+def _write_doc(path: Path, doc: dict) -> None:
+    write_atomic(path, json.dumps(doc, indent=4, ensure_ascii=False))
 
 
 def _copy_with(src: Path, out: Path, doc: dict) -> Path:
@@ -176,7 +175,7 @@ def _copy_with(src: Path, out: Path, doc: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         shutil.copytree(src, tmp / "d")
-        _write_atomic(tmp / "d" / GENBA_PATH, doc)
+        _write_doc(tmp / "d" / GENBA_PATH, doc)
         os.replace(tmp / "d", out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

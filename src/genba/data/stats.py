@@ -88,11 +88,14 @@ def aggregate_stats(parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> Stats:
     """
     if not parts:
         raise StatsError("aggregate_stats needs at least one set of statistics")
+    if len(parts) == 1:  # nothing to pool: the stats as they are (the exact values a lone dataset trains with)
+        return {feat: dict(d) for feat, d in parts[0].items()}
     out: Stats = {}
     for feat in parts[0]:
         if any(feat not in p for p in parts):
             raise StatsError(f"aggregate_stats: feature {feat!r} missing from some statistics")
-        ps = [{k: np.asarray(v) for k, v in p[feat].items()} for p in parts]
+        ps = [{k: np.asarray(v) if k in ("min", "max", "count") else np.asarray(v, np.float64)
+               for k, v in p[feat].items()} for p in parts]
         if len({p["mean"].shape for p in ps}) != 1:
             raise StatsError(f"aggregate_stats: feature {feat!r} has different shapes across datasets")
         w = np.array([float(p["count"][0]) for p in ps])  # (P,)

@@ -41,7 +41,7 @@ def stats_by_embodiment(datasets: Any) -> dict[str, dict[str, dict[str, np.ndarr
     groups: dict[str, list] = {}
     for ds in datasets:
         groups.setdefault(ds.embodiment, []).append(ds.stats)
-    return {emb: st[0] if len(st) == 1 else S.aggregate_stats(st) for emb, st in groups.items()}
+    return {emb: S.aggregate_stats(st) for emb, st in groups.items()}
 
 
 def _like(value: np.ndarray, x: Any) -> Any:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_embodiments(checkpoint: str, task_ids: tuple[str, ...]) -> None:
     """Refuse a corrupt checkpoint, and tasks whose embodiment it has no stem and head for, before spawning workers."""
     from genba.envs.registry import get_task
-    from genba.eval.baselines import check_baseline_tasks, is_baseline
+    from genba.model.baseline import check_baseline_tasks, is_baseline
     from genba.model.bundle import read_manifest, verify_weights
 
     if is_baseline(checkpoint):

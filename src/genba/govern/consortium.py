@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from genba.atomic import write_atomic
 from genba.govern import signing
 from genba.govern.errors import ConsortiumError
 
@@ -65,9 +66,7 @@ class Site:
 
 def _write_json(path: Path, obj) -> None:
     """Atomic write: a crash never leaves half a registry file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _read_json(path: Path):

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from genba.atomic import write_atomic
 from genba.govern import signing
 from genba.govern.errors import AuditIntegrityError, GovernanceError
 
@@ -144,9 +145,7 @@ class Witness:
                     return
             doc = {"log": self.log_id, "party": self.party, "head": head,
                    "seen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
     @contextmanager
     def _locked(self):

@@ -31,11 +31,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
+from genba.atomic import write_atomic
 from genba.data.spec import EmbodimentSpec, SpecError
 from genba.data.stats import stats_from_json, stats_to_json
 from genba.data.transforms import MODES, RouteInstruction, TokenizeInstruction, TransformError
 from genba.model.config import ModelConfig, preset_name_of
-from genba.model.generalist import Generalist
+from genba.model.generalist import Generalist, build_model
 
 FORMAT = "genba-model/1"
 WEIGHTS = "model.safetensors"
@@ -78,7 +79,7 @@ def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mappi
     source = model.state_dict() if state_dict is None else state_dict
     _check_shapes(out / WEIGHTS, model, source, preset or "custom")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
-    _atomic(out / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    write_atomic(out / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     manifest = {
         "format": FORMAT,
         "preset": preset or preset_name_of(model.cfg) or "custom",
@@ -95,7 +96,7 @@ def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mappi
     if routes is not None and routes.routes:
         manifest["routes"] = routes.to_dict()
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
-    _atomic(out / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))
+    write_atomic(out / MANIFEST, text)
     return out
 
 
@@ -106,15 +107,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -187,11 +179,8 @@ def load_model(directory: str | os.PathLike, *, preset: str | None = None,
     specs = bundle_specs(manifest, str(directory / MANIFEST))
     bundle_routes(manifest, str(directory / MANIFEST))  # a bad table fails here, not at the first routed request
     tensors = _read_weights(directory / WEIGHTS, manifest)
-    with torch.device("meta"):
-        model = Generalist(cfg, specs)
-    _check_shapes(directory / WEIGHTS, model, tensors, manifest["preset"])
-    model.to_empty(device=device or "cpu")
-    model.init_weights()  # fills non-persistent buffers; every saved tensor is overwritten next
+    _check_shapes(directory / WEIGHTS, build_model(cfg, specs, "meta"), tensors, manifest["preset"])
+    model = build_model(cfg, specs, device or "cpu")  # init fills non-persistent buffers; the rest is overwritten
     model.load_state_dict(tensors, strict=True)
     return model.eval(), manifest
 

@@ -381,3 +381,27 @@ class Generalist(nn.Module):
         """Largest expert load over the mean load in the last forward, across MoE layers (1.0 = balanced)."""
         loads = self.trunk.expert_load().values()
         return max((float(l.max() / l.mean().clamp_min(1e-9)) for l in loads), default=1.0)
+
+
+def build_model(cfg: ModelConfig, specs: Mapping[str, EmbodimentSpec], device: torch.device | str = "cpu",
+                seed: int | None = None, *, init: bool = True) -> Generalist:
+    """The one way to make a :class:`Generalist`: build on ``meta``, ``to_empty`` on ``device``, ``init_weights``.
+
+    Describing a big config costs nothing on ``meta``; every tensor is then
+    allocated once, on its device. ``seed`` seeds the init (every rank of a
+    sharded run gets the very weights a single process does); ``None`` draws
+    from the current RNG. ``init=False`` leaves the tensors unfilled and the RNG
+    untouched, for a caller that loads a full state dict next (a bundle saved
+    mid-training must not shift the run's random stream). ``device="meta"``
+    returns the description alone (e.g. to check a checkpoint's shapes first).
+    """
+    with torch.device("meta"):
+        model = Generalist(cfg, specs)
+    if torch.device(device).type == "meta":
+        return model
+    model.to_empty(device=device)
+    if init:
+        if seed is not None:
+            torch.manual_seed(seed)
+        model.init_weights()
+    return model

@@ -22,10 +22,11 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from genba.atomic import write_atomic
 
 TOKEN_RE = re.compile(r"^gbt_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 ORG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -75,11 +76,8 @@ class TokenStore:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"orgs": self.orgs, "tokens": self.tokens}, f, indent=2, sort_keys=True)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"orgs": self.orgs, "tokens": self.tokens}, indent=2, sort_keys=True),
+                     mode=0o600)
 
     # ---- administration ------------------------------------------------
     def add_org(self, org: str, embodiments: list[str] | tuple[str, ...], *, can_reset_estop: bool = False,

@@ -55,6 +55,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from genba.atomic import write_atomic
 from genba.model.bundle import MANIFEST, WEIGHTS, sha256_file
 
 LATEST = "latest"
@@ -278,7 +279,7 @@ def save_checkpoint(
         if final.exists():  # re-saving a step after a resume: replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _atomic_write(root / LATEST, final.name + "\n")
+        write_atomic(root / LATEST, final.name + "\n", fsync=True)
         _fsync_dir(root)
         prune(root, keep_last)
     _barrier()
@@ -338,15 +339,6 @@ def prune(root: Path, keep_last: int) -> list[Path]:
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
     return doomed
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from genba.cli import CLIError
@@ -134,17 +133,13 @@ def adapt_model(parent, new_specs: list, cfg: FinetuneConfig, train_names: Seque
 
     Returns ``(model, trainable parameter count)``.
     """
-    from genba.model.generalist import Generalist
+    from genba.model.generalist import build_model
     from genba.model.lora import apply_lora
 
     torch.manual_seed(cfg.train.seed)
     if cfg.init == "scratch":  # only the embodiments the data feeds: no untrained heads in the baseline
         known = {**parent.specs, **{s.name: s for s in new_specs}}
-        specs = {n: known[n] for n in train_names}
-        with torch.device("meta"):
-            model = Generalist(parent.cfg, specs)
-        model.to_empty(device=device)
-        model.init_weights()
+        model = build_model(parent.cfg, {n: known[n] for n in train_names}, device)
     else:
         model = parent.to(device)
         for spec in new_specs:
@@ -170,11 +165,9 @@ def adapt_model(parent, new_specs: list, cfg: FinetuneConfig, train_names: Seque
 
 def _plain_copy(model, state_dict: dict):
     """A Generalist without adapters holding ``state_dict`` (what the bundle stores)."""
-    from genba.model.generalist import Generalist
+    from genba.model.generalist import build_model
 
-    with torch.device("meta"):
-        plain = Generalist(model.cfg, model.specs)
-    plain.to_empty(device="cpu")
+    plain = build_model(model.cfg, model.specs, "cpu", init=False)  # every tensor is loaded next
     plain.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True)
     return plain
 
@@ -218,18 +211,18 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
     """
     from genba.train.rundir import claim
 
+    origin = time.perf_counter()  # setup counts against a time budget, as in pretraining
     with claim(run_dir, overwrite=overwrite, resume_hint=False) as out:
         return _finetune(checkpoint, data_dirs, out, cfg, spec=spec, replay=replay, read_table=read_table,
-                         lineage=lineage, progress=progress)
+                         lineage=lineage, progress=progress, origin=origin)
 
 
 def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, *, spec, replay, read_table,
-              lineage, progress: bool) -> FinetuneResult:
+              lineage, progress: bool, origin: float | None = None) -> FinetuneResult:
     from genba.device import default_device
-    from genba.data.transforms import Normalize, TransformError
+    from genba.data.transforms import Normalize
     from genba.model.bundle import bundle_routes, bundle_stats, load_model
     from genba.train.checkpoint import resolve_checkpoint
-    from genba.train.trainer import merge_stats
 
     cfg = cfg or FinetuneConfig()
     if not data_dirs:
@@ -244,32 +237,11 @@ def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, 
     new_specs, adapted = plan_embodiments(dict(parent.specs), datasets, replayed)
     run_dir = Path(run_dir)
     parent_routes = bundle_routes(manifest, str(parent_dir))
-    scoped, routes = {}, parent_routes if cfg.init == "pretrained" else None
-    added = []  # this run's route rows (lineage)
-    if cfg.task_scoped and adapted:
-        if replayed:
-            raise FinetuneError("--replay with --scope tasks: the scoped fine-tune leaves every pretrained tensor "
-                                "unchanged, so rehearsal protects nothing; drop --replay or use --scope embodiment")
-        scoped = scope_entries(dict(parent.specs), parent_routes, adapted, cfg.scope_tag or run_dir.name,
-                               cfg.scope_tag is not None)
-        new_routes = routes_for(datasets, scoped)
-        added = new_routes.to_dict()["routes"]
-        try:
-            routes = parent_routes.merge(new_routes)
-        except TransformError as e:
-            raise FinetuneError(f"route clash: {e} (to train that entry further: --scope embodiment)") from None
-    parent_stats = bundle_stats(manifest, str(parent_dir))
-    stats, decisions = dict(parent_stats), {}
+    scoped, routes, added = _scope(cfg, parent, parent_routes, adapted, datasets, replayed, run_dir)
     entry_specs = {**{e: parent.specs[e] for e in (routes.entries if routes else {}) if e in parent.specs},
                    **{s.name: s for s in scoped.values()}}
-    entry_of = [routed_entry(routes, ds) if routes else ds.embodiment for ds in datasets]
-    for entry in dict.fromkeys(entry_of):  # stats per model entry the data trains (a scoped machine keeps its own)
-        group = [ds for ds, e in zip(datasets, entry_of) if e == entry]
-        base = parent_stats.get(entry, parent_stats.get(group[0].embodiment))
-        stats[entry], decisions[entry] = choose_stats(cfg.stats, base, merge_stats([d.stats for d in group]),
-                                                      norm_mode)
-        if progress:
-            print(f"genba finetune: stats for {entry!r}: {decisions[entry]}")
+    stats, decisions = _entry_stats(cfg, datasets, routes, bundle_stats(manifest, str(parent_dir)), norm_mode,
+                                    progress)
     matches = plan_warm_start(cfg, dict(parent.specs), new_specs, adapted)
     data = build_data(datasets, replayed, stats, norm_mode, cfg, parent.cfg, routes, entry_specs)
     model, n_train = adapt_model(parent, new_specs, cfg, list(data.specs), device, scoped)
@@ -295,68 +267,88 @@ def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, 
                                                      "data": [str(d) for d in data_dirs],
                                                      "replay": [str(d) for d in replay]}, indent=2))
     step, loss, history, ckpt_dir = _train(model, data, cfg, run_dir, stats, manifest, full_lineage, norm_mode,
-                                           progress, routes)
+                                           progress, routes, origin)
     return FinetuneResult(run_dir, ckpt_dir, step, loss, [s.name for s in new_specs], adapted, decisions,
                           n_train, history, entries, routes)
 
 
+def _scope(cfg: FinetuneConfig, parent, parent_routes, adapted: list, datasets: list, replayed: list,
+           run_dir: Path) -> tuple[dict, Any, list]:
+    """``(scoped entries {machine: spec}, the route table, this run's route rows)`` (module docstring: --scope)."""
+    from genba.data.transforms import TransformError
+
+    if not (cfg.task_scoped and adapted):
+        return {}, parent_routes if cfg.init == "pretrained" else None, []
+    if replayed:
+        raise FinetuneError("--replay with --scope tasks: the scoped fine-tune leaves every pretrained tensor "
+                            "unchanged, so rehearsal protects nothing; drop --replay or use --scope embodiment")
+    scoped = scope_entries(dict(parent.specs), parent_routes, adapted, cfg.scope_tag or run_dir.name,
+                           cfg.scope_tag is not None)
+    new_routes = routes_for(datasets, scoped)
+    try:
+        routes = parent_routes.merge(new_routes)
+    except TransformError as e:
+        raise FinetuneError(f"route clash: {e} (to train that entry further: --scope embodiment)") from None
+    return scoped, routes, new_routes.to_dict()["routes"]
+
+
+def _entry_stats(cfg: FinetuneConfig, datasets: list, routes, parent_stats: dict, norm_mode: str,
+                 progress: bool) -> tuple[dict, dict[str, str]]:
+    """Stats per model entry the data trains (a scoped machine keeps its own), and each decision."""
+    from genba.data.stats import aggregate_stats
+
+    stats, decisions = dict(parent_stats), {}
+    entry_of = [routed_entry(routes, ds) if routes else ds.embodiment for ds in datasets]
+    for entry in dict.fromkeys(entry_of):
+        group = [ds for ds, e in zip(datasets, entry_of) if e == entry]
+        base = parent_stats.get(entry, parent_stats.get(group[0].embodiment))
+        stats[entry], decisions[entry] = choose_stats(cfg.stats, base, aggregate_stats([d.stats for d in group]),
+                                                      norm_mode)
+        if progress:
+            print(f"genba finetune: stats for {entry!r}: {decisions[entry]}")
+    return stats, decisions
+
+
 def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifest: dict, lineage: dict,
-           norm_mode: str, progress: bool, routes=None):
-    """AdamW over the trainable parameters, the trainer's schedule and batches; one checkpoint at the end."""
+           norm_mode: str, progress: bool, routes=None, origin: float | None = None):
+    """The trainer's optimizer, schedule, batches and loop (:func:`genba.train.loop.fit`) over the trainable
+    parameters; checkpoints on the config's cadence (by default only at the end)."""
     from genba.data.reader import mixed_sampler
-    from genba.finite import check_step
     from genba.model.bundle import save_bundle
     from genba.model.lora import merged_state_dict
     from genba.train import checkpoint as ckpt
+    from genba.train import trainer
+    from genba.train.loop import fit
     from genba.train.monitor import Monitor
-    from genba.train.trainer import build_optimizer, lr_at, make_batch
 
     tc = cfg.train
     device = next(model.parameters()).device
-    optimizer = build_optimizer(model, tc)
+    optimizer = trainer.build_optimizer(model, tc)
     sampler = mixed_sampler(data.mixed, 2**62, seed=tc.seed)
-    total = tc.steps
-    monitor = Monitor(run_dir, enabled=True, total_steps=total, progress=progress, tensorboard=cfg.tensorboard)
-    history, t0, step, sums = [], time.perf_counter(), 0, []
-    try:
-        while step < total:
-            if tc.minutes is not None:  # time budget: re-fit the schedule to the measured step rate
-                elapsed = time.perf_counter() - t0
-                if elapsed >= tc.minutes * 60:
-                    break
-                if step >= 5:
-                    total = max(step + 1, int(step * tc.minutes * 60 / elapsed))
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, tc, total)
-            idx = sampler.indices(step * tc.batch_size, (step + 1) * tc.batch_size)
-            loss, _ = model.loss(make_batch(data, idx, device))
-            loss.backward()
-            params = [p for p in model.parameters() if p.grad is not None]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf")))
-            check_step(step + 1, loss, grad_norm, where="finetune")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            sums.append(loss.item())
-            if step % tc.log_every == 0 or step == total:
-                rec = {"step": step, "loss": float(np.mean(sums)), "lr": optimizer.param_groups[0]["lr"],
-                       "grad_norm": grad_norm, "elapsed_s": round(time.perf_counter() - t0, 3), "total_steps": total}
-                sums = []
-                history.append(rec)
-                monitor.log(rec)
-                monitor.advance(step, total, rec["loss"])
-        monitor.advance(step, step)
-    finally:
-        monitor.close()
+
+    def batch(step: int) -> tuple[dict, int]:
+        idx = sampler.indices(step * tc.batch_size, (step + 1) * tc.batch_size)
+        return trainer.make_batch(data, idx, device), len(idx)
 
     def write_bundle(directory: Path, _full: dict) -> None:
         plain = _plain_copy(model, merged_state_dict(model))
         save_bundle(directory, plain, stats={n: stats[n] for n in plain.specs}, preset=manifest["preset"],
                     normalization=norm_mode, lineage=lineage, extra={"train_preset": "finetune"}, routes=routes)
 
-    state = {"step": step, "total_steps": total, "elapsed": time.perf_counter() - t0, "kind": "finetune"}
-    final = ckpt.save_checkpoint(run_dir, step, model, optimizer, state, write_bundle, keep_last=1)
-    return step, (history[-1]["loss"] if history else float("nan")), history, final
+    def save(state) -> Path:
+        return ckpt.save_checkpoint(run_dir, state.step, model, optimizer, {**state.to_dict(), "kind": "finetune"},
+                                    write_bundle, keep_last=1)
+
+    loop = dataclasses.replace(trainer.loop_config(tc, data.specs), where="finetune")
+    monitor = Monitor(run_dir, enabled=True, total_steps=tc.steps, progress=progress, tensorboard=cfg.tensorboard)
+    try:
+        res = fit(loop, model, optimizer, batch, model.loss, lambda p: trainer.lr_at(p.step, tc, p.total),
+                  origin=origin, device=device, log=monitor.record, save=save)
+        monitor.advance(res.state.step, res.state.step)
+    finally:
+        monitor.close()
+    loss = res.history[-1]["loss"] if res.history else float("nan")
+    return res.state.step, loss, res.history, res.checkpoint
 
 
 # ---- CLI --------------------------------------------------------------------------------

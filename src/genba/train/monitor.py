@@ -15,6 +15,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from genba.atomic import write_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -30,9 +32,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             continue
         if rec.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept))
-    tmp.replace(path)
+    write_atomic(path, "".join(l + "\n" for l in kept))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -85,6 +85,11 @@ class Monitor:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, record["step"])
+
+    def record(self, record: dict[str, Any]) -> None:
+        """A training loop's record (:func:`genba.train.loop.fit`): logged, and the bar moved to its step."""
+        self.log(record)
+        self.advance(record["step"], record["total_steps"], record.get("loss"), record.get("samples_per_s"))
 
     def advance(self, step: int, total: int, loss: float | None = None, sps: float | None = None) -> None:
         """Move the bar to ``step`` of ``total`` (total may change in a time-budgeted run)."""

@@ -2,10 +2,11 @@
 
 ``train(cfg, data_dirs, run_dir)`` is the whole job: ``build_*`` helpers set up
 the datasets (through a ``read_table`` hook the governance layer supplies), the
-model (meta device, then ``init_weights`` under the fixed seed), the wrapping
-(``parallelize``) and the optimizer; then a short loop runs AdamW with warmup +
-cosine decay, gradient clipping and optional bf16 autocast, logging and
-checkpointing atomically as it goes. With ``ema_decay`` set, the exported
+model (``genba.model.generalist.build_model``: meta device, then ``init_weights``
+under the fixed seed), the wrapping (``parallelize``) and the optimizer; then the
+project's one loop (:func:`genba.train.loop.fit`) runs AdamW with warmup +
+cosine decay (:func:`lr_at`), gradient clipping and optional bf16 autocast,
+logging and checkpointing atomically as it goes. With ``ema_decay`` set, the exported
 weights are the moving average of the trained ones (:mod:`genba.train.ema`).
 
 Batches: the global batch of step ``s`` is draws ``[s*B, (s+1)*B)`` of the
@@ -31,16 +32,16 @@ import torch.distributed as dist
 from genba.data.lerobot import open_dataset
 from genba.data.reader import MixedDataset, WindowDataset, mixed_sampler
 from genba.data.spec import diff_specs
-from genba.data.transforms import Normalize, TokenizeInstruction, compose
-from genba.device import autocast_dtype, default_device, distributed_backend
-from genba.finite import check_step
+from genba.data.transforms import Normalize, TokenizeInstruction, compose, stats_by_embodiment
+from genba.device import default_device, distributed_backend
 from genba.model.bundle import save_bundle
 from genba.model.config import ModelConfig, get_preset
-from genba.model.generalist import Generalist
+from genba.model.generalist import build_model
 from genba.train import checkpoint as ckpt
 from genba.train import rundir
 from genba.train.config import TrainConfig, TrainConfigError
 from genba.train.ema import WeightEMA
+from genba.train.loop import Dist, LoopConfig, LoopState, RunLength, fit
 from genba.train.monitor import Monitor
 from genba.train.parallelize import ParallelPlan, build_mesh, data_rank, parallelize
 
@@ -99,7 +100,7 @@ def build_datasets(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], *, 
                                    "machine is a new embodiment: give its spec another name")
         specs[ds.embodiment] = ds.spec
         first.setdefault(ds.embodiment, ds)
-    stats = {emb: merge_stats([ds.stats for ds in datasets if ds.embodiment == emb]) for emb in specs}
+    stats = stats_by_embodiment(datasets)  # datasets of one embodiment pooled (genba.data.stats)
     parts = [WindowDataset(ds, history=model_cfg.history, chunk=model_cfg.chunk, lang=cfg.lang, seed=cfg.seed)
              for ds in datasets]
     return TrainData(datasets, MixedDataset(parts, weights), specs, stats, Normalize(stats),
@@ -145,48 +146,7 @@ def _concat(raws: list[dict]) -> dict:
     return out
 
 
-def merge_stats(parts: list[dict]) -> dict:
-    """Stats of several datasets of one embodiment pooled as if they were one.
-
-    Mean and std exactly (count-weighted moments), min/max exactly, quantiles
-    as the count-weighted mean of the parts' quantiles (LeRobot's
-    ``aggregate_stats`` approximation).
-    """
-    if len(parts) == 1:
-        return parts[0]
-    out = {}
-    for feat in parts[0]:
-        n = np.array([float(np.asarray(p[feat]["count"]).reshape(-1)[0]) for p in parts])
-        w = (n / n.sum())[:, None]
-        mean = np.stack([np.asarray(p[feat]["mean"], np.float64) for p in parts])
-        var = np.stack([np.asarray(p[feat]["std"], np.float64) ** 2 for p in parts])
-        pooled = (w * mean).sum(0)
-        d = {"mean": pooled, "std": np.sqrt((w * (var + (mean - pooled) ** 2)).sum(0)),
-             "min": np.min([p[feat]["min"] for p in parts], axis=0),
-             "max": np.max([p[feat]["max"] for p in parts], axis=0),
-             "count": np.array([int(n.sum())], dtype=np.int64)}
-        for key in parts[0][feat]:
-            if key not in d:
-                d[key] = (w * np.stack([np.asarray(p[feat][key], np.float64) for p in parts])).sum(0)
-        out[feat] = d
-    return out
-
-
 # ---- model and optimizer ------------------------------------------------------------
-def build_model(model_cfg: ModelConfig, specs: dict, device: torch.device, seed: int) -> Generalist:
-    """Build on ``meta``, materialize on ``device``, init deterministically from ``seed``.
-
-    Every rank materializes the full model with the same seed before any
-    sharding, so a sharded run starts from the very weights a single process does.
-    """
-    with torch.device("meta"):
-        model = Generalist(model_cfg, specs)
-    model.to_empty(device=device)
-    torch.manual_seed(seed)
-    model.init_weights()
-    return model.train()
-
-
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on vectors (norm gains, biases, pad/embodiment tokens)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -206,16 +166,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 # ---- processes ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
 def init_distributed(cfg: TrainConfig) -> tuple[Dist, torch.device]:
     """Join the torchrun group (gloo on CPU, nccl on GPUs) when ``cfg.dist`` asks for it."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -234,7 +184,7 @@ def init_distributed(cfg: TrainConfig) -> tuple[Dist, torch.device]:
     return Dist(dist.get_rank(), dist.get_world_size()), device
 
 
-# ---- the loop -----------------------------------------------------------------------
+# ---- the run ----------------------------------------------------------------------------
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -243,18 +193,6 @@ class TrainResult:
     loss: float
     samples_per_s: float
     history: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class _State:
-    """What a resumed run needs besides weights and optimizer (saved as trainer.json)."""
-
-    step: int = 0
-    total_steps: int = 0
-    elapsed: float = 0.0  # training wall seconds over all sessions (time budget)
-
-    def to_dict(self) -> dict:
-        return {"step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed}
 
 
 def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str | os.PathLike, *,
@@ -280,7 +218,7 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
 
 def _train(cfg: TrainConfig, data_dirs, run_dir: Path, world: Dist, device: torch.device, t0: float, *, weights,
            resume: bool, read_table, lineage, stop_at: int | None, progress: bool) -> TrainResult:
-    """The run itself, with ``run_dir`` held."""
+    """The run itself, with ``run_dir`` held: set up, then :func:`genba.train.loop.fit`."""
     model_cfg = get_preset(cfg.model)
     if cfg.batch_size % world.world:
         raise TrainConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world.world} processes")
@@ -291,7 +229,7 @@ def _train(cfg: TrainConfig, data_dirs, run_dir: Path, world: Dist, device: torc
     dp_rank, dp_size = data_rank(world.rank, world.world, plan)
     optimizer = build_optimizer(model, cfg)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    state = _State(total_steps=cfg.steps)
+    state = LoopState(total_steps=cfg.steps)
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     start = _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world, ema)
@@ -301,7 +239,6 @@ def _train(cfg: TrainConfig, data_dirs, run_dir: Path, world: Dist, device: torc
     torch.manual_seed(cfg.seed * 1000 + world.rank + 7919 * state.step)
     if start is not None and start[1] is not None:
         ckpt.set_rng_state(start[1])
-
     lineage_full = {"datasets": data.lineage(), "training": {"run_dir": str(run_dir), "train_config": cfg.to_dict(),
                                                                "world_size": world.world},
                     **((lineage() if callable(lineage) else lineage) or {})}
@@ -309,56 +246,37 @@ def _train(cfg: TrainConfig, data_dirs, run_dir: Path, world: Dist, device: torc
     def write_bundle(directory: Path, full_sd: dict) -> None:
         _save_weights(directory, model_cfg, data, full_sd, cfg, lineage_full)
 
-    def save(step: int) -> Path:
-        return ckpt.save_checkpoint(run_dir, step, model, optimizer, state.to_dict(), write_bundle, cfg.keep_last,
+    def save(st: LoopState) -> Path:
+        return ckpt.save_checkpoint(run_dir, st.step, model, optimizer, st.to_dict(), write_bundle, cfg.keep_last,
                                     extra=_ema_extra(ema), export=ema.full_state if ema else None)
+
+    sampler = mixed_sampler(data.mixed, _SAMPLER_SPAN, seed=cfg.seed)
+
+    def batch(step: int) -> tuple[dict, int]:
+        idx = sampler.indices(step * cfg.batch_size, (step + 1) * cfg.batch_size)[dp_rank::dp_size]
+        return make_batch(data, idx, device), len(idx) * dp_size
 
     monitor = Monitor(run_dir, enabled=world.main, resume_step=state.step, total_steps=state.total_steps,
                       progress=progress)
-    autocast = autocast_dtype(cfg.precision)
-    sampler = mixed_sampler(data.mixed, _SAMPLER_SPAN, seed=cfg.seed)
-    history: list[dict] = []
-    last_ckpt, last_ckpt_time, session_t0 = None, time.perf_counter(), time.perf_counter()
-    elapsed0, steps0 = state.elapsed, state.step  # this session's setup time counts against the budget too
-    window = _Window()
     try:
-        while True:
-            stop, total = _plan(cfg, state, elapsed0 + time.perf_counter() - t0, steps0, session_t0, world)
-            state.total_steps = total
-            if stop or state.step >= total or (stop_at is not None and state.step >= stop_at):
-                break
-            lr = lr_at(state.step, cfg, total)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            idx = sampler.indices(state.step * cfg.batch_size, (state.step + 1) * cfg.batch_size)[dp_rank::dp_size]
-            batch = make_batch(data, idx, device)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                loss, metrics = module(batch)
-            loss.backward()
-            grad_norm = _clip(model, cfg.grad_clip, mixed_meshes=cfg.tp > 1 or cfg.ep > 1)
-            check_step(state.step + 1, loss, grad_norm, parts=metrics)  # before the update: weights stay finite
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            if ema is not None:
-                ema.update(state.step)
-            state.elapsed = elapsed0 + time.perf_counter() - t0
-            window.add(len(idx) * dp_size, metrics)
-            if state.step % cfg.log_every == 0 or state.step == total:
-                rec = _record(window, state, lr, grad_norm, data, world)
-                history.append(rec)
-                monitor.log(rec)
-                monitor.advance(state.step, total, rec["loss"], rec["samples_per_s"])
-            if _ckpt_due(cfg, state, last_ckpt_time, world):
-                last_ckpt = save(state.step)
-                last_ckpt_time = time.perf_counter()
-        if last_ckpt is None or last_ckpt.name != ckpt.step_name(state.step):
-            last_ckpt = save(state.step)
+        res = fit(loop_config(cfg, data.specs, stop_at), model, optimizer, batch, module,
+                  lambda p: lr_at(p.step, cfg, p.total), state=state, origin=t0, world=world, device=device,
+                  after_step=(lambda step, _: ema.update(step)) if ema is not None else None,
+                  log=monitor.record, save=save)
         monitor.advance(state.step, state.step)
     finally:
         monitor.close()
-    sps = window.total_samples / max(1e-9, time.perf_counter() - session_t0)
-    return TrainResult(run_dir, last_ckpt, state.step, history[-1]["loss"] if history else float("nan"), sps, history)
+    loss = res.history[-1]["loss"] if res.history else float("nan")
+    return TrainResult(run_dir, res.checkpoint, state.step, loss, res.samples / max(1e-9, res.seconds), res.history)
+
+
+def loop_config(cfg: TrainConfig, specs, stop_at: int | None = None) -> LoopConfig:
+    """The loop settings of a training config (fine-tuning uses the same mapping)."""
+    seconds = cfg.minutes * 60.0 if cfg.minutes is not None else None
+    return LoopConfig(length=RunLength(cfg.steps, seconds), grad_clip=cfg.grad_clip, precision=cfg.precision,
+                      log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, ckpt_every_minutes=cfg.ckpt_every_minutes,
+                      loss_keys=("loss", *(f"loss/{e}" for e in sorted(specs))),
+                      mixed_meshes=cfg.tp > 1 or cfg.ep > 1, stop_at=stop_at)
 
 
 def _ema_extra(ema: WeightEMA | None) -> dict | None:
@@ -392,94 +310,10 @@ def _maybe_resume(run_dir, cfg, model, optimizer, state, resume, world, ema=None
     return trainer_state, rank_state
 
 
-def _plan(cfg, state, elapsed, steps0, session_t0, world) -> tuple[bool, int]:
-    """(stop now?, total steps) — by step count, or re-estimated from the time budget.
-
-    In a time-budgeted run the cosine schedule is stretched over the steps that
-    fit: total = done + remaining time * measured rate; rank 0 decides for all.
-    """
-    if cfg.minutes is None:
-        return False, cfg.steps
-    budget = cfg.minutes * 60.0
-    reserve = min(5.0, 0.05 * budget)  # seconds kept for the final checkpoint
-    stop, total = elapsed >= budget - reserve, state.total_steps
-    done = state.step - steps0
-    if done >= 5:
-        rate = done / max(1e-9, time.perf_counter() - session_t0)
-        total = max(state.step + 1, int(state.step + max(0.0, budget - reserve - elapsed) * rate))
-    if world.world > 1:
-        flags = torch.tensor([float(stop), float(total)], dtype=torch.float64)
-        dist.broadcast(flags, src=0)
-        stop, total = bool(flags[0]), int(flags[1])
-    return stop, total
-
-
-def _ckpt_due(cfg, state, last_time, world) -> bool:
-    due = bool(cfg.ckpt_every and state.step % cfg.ckpt_every == 0)
-    if cfg.ckpt_every_minutes and time.perf_counter() - last_time >= cfg.ckpt_every_minutes * 60:
-        due = True
-    if world.world > 1:  # wall clocks differ slightly between ranks: rank 0 decides
-        flag = torch.tensor([float(due)])
-        dist.broadcast(flag, src=0)
-        due = bool(flag[0])
-    return due
-
-
-def _clip(model, max_norm: float, mixed_meshes: bool = False) -> float:
-    if mixed_meshes:  # TP/EP/FSDP parameters live on different meshes: clip_grad_norm_ cannot stack them
-        from genba.train.expert_parallel import grad_norm_
-
-        return grad_norm_(model.parameters(), max_norm)
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor with a partial placement
-        norm = norm.full_tensor()
-    return float(norm)
-
-
-class _Window:
-    """Loss and throughput accumulated since the last log line."""
-
-    def __init__(self) -> None:
-        self.total_samples = 0
-        self.reset()
-
-    def reset(self) -> None:
-        self.t0, self.samples, self.sums, self.counts = time.perf_counter(), 0, {}, {}
-
-    def add(self, samples: int, metrics: dict) -> None:
-        self.samples += samples
-        self.total_samples += samples
-        for k, v in metrics.items():
-            if k.startswith("loss"):
-                self.sums[k] = self.sums.get(k, 0.0) + float(v)
-                self.counts[k] = self.counts.get(k, 0) + 1
-
-
-def _record(window: _Window, state: _State, lr: float, grad_norm: float, data: TrainData, world: Dist) -> dict:
-    """One metrics line; losses averaged over steps of the window and over ranks."""
-    keys = ["loss"] + [f"loss/{e}" for e in sorted(data.specs)]
-    vec = torch.tensor([[window.sums.get(k, 0.0), window.counts.get(k, 0)] for k in keys], dtype=torch.float64)
-    if world.world > 1:
-        dist.all_reduce(vec)
-    dt = max(1e-9, time.perf_counter() - window.t0)
-    rec = {"step": state.step, "lr": lr, "grad_norm": grad_norm, "samples_per_s": window.samples / dt,
-           "elapsed_s": round(state.elapsed, 3), "total_steps": state.total_steps}
-    for k, (s, n) in zip(keys, vec.tolist()):
-        if n > 0:
-            rec[k] = s / n
-    window.reset()
-    return rec
-
-
 def _save_weights(directory: Path, model_cfg: ModelConfig, data: TrainData, full_sd: dict, cfg: TrainConfig,
                   lineage: dict) -> None:
     """model.safetensors + genba.json from the gathered full state dict (rank 0)."""
-    with torch.device("meta"):
-        plain = Generalist(model_cfg, data.specs)
-    plain.to_empty(device="cpu")
+    plain = build_model(model_cfg, data.specs, "cpu", init=False)  # every tensor is loaded next
     plain.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in full_sd.items()}, strict=True)
     save_bundle(directory, plain, stats=data.stats, preset=cfg.model, lineage=lineage,
                 extra={"train_preset": cfg.name})
