@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 
 STATE_FILE = "demo-state.json"
 LAB, TRAINER = "genba-lab", "genba-lab/trainer"

@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 
 SERVE_TASK = "drive/pmsm-current"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

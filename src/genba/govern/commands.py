@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 from genba.govern import admin, lineage, sites
 from genba.govern.audit import AuditLog
 from genba.govern.consortium import Consortium, Member, default_home, init_consortium

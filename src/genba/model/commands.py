@@ -92,7 +92,7 @@ def build_meta(preset: str, specs: dict[str, EmbodimentSpec]) -> Generalist:
 
 
 def _load_specs(args: argparse.Namespace) -> dict[str, EmbodimentSpec]:
-    from genba.cli import CLIError
+    from genba.errors import CLIError
 
     try:
         if args.checkpoint:
@@ -110,7 +110,7 @@ def _load_specs(args: argparse.Namespace) -> dict[str, EmbodimentSpec]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from genba.cli import CLIError
+    from genba.errors import CLIError
 
     try:
         cfg = get_preset(args.preset)

@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

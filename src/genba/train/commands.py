@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 from genba.govern.manifest import PURPOSES
 
 

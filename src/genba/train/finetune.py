@@ -70,7 +70,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 from genba.train.finetune_data import (STATS_POLICIES, FinetuneError, build_data, choose_stats, open_data,
                                        plan_embodiments, read_spec_file, routed_entry, routes_for, scope_entries)
 from genba.train.transfer import parse_channel_map, plan_warm_start, warm_start

@@ -67,7 +67,7 @@ def _print_serving(facts: ModelFacts, c: Cluster, seq_len: int) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from genba.cli import CLIError
+    from genba.errors import CLIError
     from genba.model.config import PresetError
 
     try:
