@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from genba.eval.report import comparison_markdown, load_results
     from genba.eval.rollout import EvalConfig, evaluate, resolve_target
     from genba.model.bundle import BundleError
-    from genba.train.checkpoint import CheckpointError
+    from genba.model.checkpoints import CheckpointError
 
     try:
         target = resolve_target(args.checkpoint)
