@@ -364,7 +364,7 @@ def stage_governance(demo: Demo) -> dict:
     from genba.govern.consortium import Consortium
     from genba.demo_report import audit_counts
     from genba.govern.lineage import model_card, read_checkpoint_lineage, verify_lineage
-    from genba.train.commands import governed_access
+    from genba.govern.access import GovernanceError, governed_access, refusal
 
     all_dirs = [d["governed"] for d in demo.datasets()]
     automaker = [d["governed"] for d in demo.datasets() if d["owner"] == "automaker"]
@@ -376,9 +376,10 @@ def stage_governance(demo: Demo) -> dict:
     for what, principal, site, dirs, run_id in attempts:
         try:  # the very pre-flight `genba train --governed` runs before opening any dataset
             governed_access(demo.home, principal, demo.claim(site), "pretraining", run_id, dirs).close()
-        except CLIError as e:
-            denials.append({"attempt": what, "principal": principal, "site": site, "run_id": run_id, "error": str(e)})
-            demo.console.print(f"[red]denied[/red] {what}: {e}")
+        except GovernanceError as e:
+            why = refusal(e)
+            denials.append({"attempt": what, "principal": principal, "site": site, "run_id": run_id, "error": why})
+            demo.console.print(f"[red]denied[/red] {what}: {why}")
         else:
             raise CLIError(f"governance failure: {what} was ALLOWED; the consortium policies are not in force")
     c = Consortium(demo.home)
@@ -477,8 +478,6 @@ def register(subparsers) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from genba.govern.errors import GovernanceError
-
     cfg = build_config(args)
     root = Path(cfg.out)
     if args.fresh and root.exists():
@@ -492,9 +491,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(f"[bold]genba {kind}[/bold] in {root} (training budget {cfg.budget_min:g} min, "
                   f"preset {cfg.preset}, {cfg.procs} training process(es)); interrupt any time and re-run to continue")
     t0 = time.perf_counter()
-    try:
-        run_stages(demo)
-    except GovernanceError as e:
-        raise CLIError(str(e)) from None
+    run_stages(demo)  # a GovernanceError is a UserError: genba prints it in one line, exit 2
     console.print(f"{kind} finished in {time.perf_counter() - t0:.0f} s (this session)")
     return 0

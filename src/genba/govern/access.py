@@ -225,3 +225,27 @@ def open_governed(root: str | Path, *, home: str | Path | None, principal: str, 
     """One-shot governed open: returns ``(dataset, access)``; keep ``access`` for ``lineage()``."""
     access = GovernedAccess(home, principal, site_claim, purpose, run_id, key_store=key_store)
     return access.open(root), access
+
+
+def governed_access(home: str | Path | None, principal: str, site_claim: Path | dict, purpose: str, run_id: str,
+                    data_dirs: list[Path]) -> GovernedAccess:
+    """A GovernedAccess that has authorized every dataset in ``data_dirs`` (nothing of them read yet).
+
+    Raises the :class:`GovernanceError` of the first refusal (bad claim, policy
+    denial, tampered manifest), already in the audit log; :func:`refusal` words it.
+    ``genba train --governed`` and the demo call this before opening any dataset.
+    """
+    access = GovernedAccess(home, principal, site_claim, purpose, run_id)
+    try:
+        for d in data_dirs:
+            access.authorize(d)
+    except GovernanceError:
+        access.close()
+        raise
+    return access
+
+
+def refusal(e: GovernanceError) -> str:
+    """One line saying a job stopped before reading any data, naming the denying policy if one did."""
+    why = f"denied by policy {e.policy_id}: {e}" if isinstance(e, AccessDenied) else str(e)
+    return f"training stopped before reading any data: {why}"
