@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from genba.data.lerobot import open_dataset
+from genba.data.dataset import open_dataset
 from genba.envs.registry import resolve
 from genba.eval.baselines import BaselineConfig, BaselineError, train_baseline
 

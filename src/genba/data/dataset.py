@@ -37,9 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genba.data import stats as S
-from genba.data.lerobot import (_ARROW_TYPES, _GENBA_KEYS, ACTION, CODEBASE_VERSION, EPISODES_PATH,
-                                GENBA_PATH, INFO_PATH, STATE, STATS_PATH, TASKS_PATH, DatasetError,
-                                EpisodeRange, feature_names)
+from genba.data.layout import (_ARROW_TYPES, _GENBA_KEYS, ACTION, CODEBASE_VERSION, EPISODES_PATH, GENBA_PATH,
+                               INFO_PATH, STATE, STATS_PATH, TASKS_PATH, DatasetError, EpisodeRange, feature_names)
 from genba.data.spec import PLAUSIBLE_SPANS, EmbodimentSpec, SpecError, fps_mismatch, plausible_bounds
 
 ReadTable = Callable[[Path], pa.Table]

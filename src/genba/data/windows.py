@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
-from genba.data.opener import Dataset
+from genba.data.dataset import Dataset
 
 Transform = Callable[[dict], dict]
 LANGS = ("en", "ja", "mix")

@@ -4,7 +4,7 @@ Order of checks (each refusal is audited and raised before any dataset content
 is read): site claim and signed registries -> signed manifest -> Cedar decision
 and owner key check (per dataset, cached) -> per-file sha256 against the
 manifest -> key check and decryption -> the file's allow entry. The
-reader's ``read_table`` hook (``genba.data.lerobot.open_dataset``) calls
+reader's ``read_table`` hook (``genba.data.dataset.open_dataset``) calls
 ``GovernedAccess.read_table`` for every Parquet file, so an epoch of training
 pays the governance cost once per file, never per sample.
 """
@@ -131,7 +131,7 @@ class GovernedAccess:
 
     def open(self, root: str | Path):
         """A ``genba.data`` Dataset whose every Parquet read goes through this access."""
-        from genba.data.lerobot import open_dataset  # the data layer below us; imported late to keep startup cheap
+        from genba.data.dataset import open_dataset  # the data layer below us; imported late to keep startup cheap
 
         self.authorize(root)
         return open_dataset(Path(root), read_table=self.read_table)

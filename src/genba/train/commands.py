@@ -111,7 +111,7 @@ def _refuse_ungoverned(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genba.data.lerobot import DatasetError
+    from genba.data.layout import DatasetError
     from genba.finite import NonFiniteError
     from genba.govern.errors import GovernanceError  # a refusal met mid-read (file altered, key shredded)
     from genba.model.bundle import BundleError

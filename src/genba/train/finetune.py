@@ -334,7 +334,7 @@ def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, 
 def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifest: dict, lineage: dict,
            norm_mode: str, progress: bool, routes=None):
     """AdamW over the trainable parameters, the trainer's schedule and batches; one checkpoint at the end."""
-    from genba.data.reader import mixed_sampler
+    from genba.data.windows import mixed_sampler
     from genba.finite import check_step
     from genba.model.bundle import save_bundle
     from genba.model.lora import merged_state_dict
@@ -433,7 +433,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genba.data.lerobot import DatasetError
+    from genba.data.layout import DatasetError
     from genba.finite import NonFiniteError
     from genba.model.bundle import BundleError
     from genba.train.checkpoint import CheckpointError
