@@ -51,7 +51,7 @@ def test_cli_pipeline_governed_open_and_lineage(governed, capsys):
 
     ckpt = t / "ckpt"
     ckpt.mkdir()
-    (ckpt / "genba.json").write_text(json.dumps({"preset": "debug", "lineage": acc.lineage()}))
+    (ckpt / "checkpoint.json").write_text(json.dumps({"preset": "debug", "lineage": acc.lineage()}))
     capsys.readouterr()
     assert main(["lineage", str(ckpt), "--verify", "--card", str(t / "card.md")]) == 0
     out = capsys.readouterr().out

@@ -150,7 +150,7 @@ class GovernedAccess:
         return written
 
     def lineage(self) -> dict:
-        """What this access read, for the checkpoint's genba.json ``lineage`` key."""
+        """What this access read, for the checkpoint's checkpoint.json ``lineage`` key."""
         from genba.govern.lineage import access_lineage
 
         return access_lineage(self)

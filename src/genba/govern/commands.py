@@ -292,7 +292,7 @@ def _register_audit(subparsers) -> None:
     p = subparsers.add_parser("lineage", help="print the data lineage recorded in a checkpoint")
     _home(p)
     _witness_args(p)
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory (or its genba.json)")
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory (or its checkpoint.json)")
     p.add_argument("--verify", action="store_true", help="prove each audit entry against the audit log")
     p.add_argument("--card", type=Path, default=None, help="also write a Markdown model card here")
     p.set_defaults(func=_guard(cmd_lineage))

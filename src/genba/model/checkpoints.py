@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch.distributed as dist
 
 from genba.errors import UserError
-from genba.model.bundle import MANIFEST, WEIGHTS, sha256_file
+from genba.model.bundle import WEIGHTS, manifest_path, sha256_file
 
 LATEST = "latest"
 CKPT_DIR = "checkpoints"
@@ -33,7 +33,8 @@ FILES = "files"  # trainer.json: {path relative to the step dir: {"sha256", "byt
 _STATE_FILE = f"{TRAIN_STATE}/{TRAINER_JSON}"
 _STEP_NAME = re.compile(r"step-\d{6,}")
 # what a step directory holds once save_checkpoint has renamed it into place
-_REQUIRED = (MANIFEST, WEIGHTS, _STATE_FILE, f"{TRAIN_STATE}/.metadata")
+# (the manifest too, by manifest_path: checkpoint.json, or genba.json before the rename)
+_REQUIRED = (WEIGHTS, _STATE_FILE, f"{TRAIN_STATE}/.metadata")
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -60,7 +61,8 @@ def step_name(step: int) -> str:
 # ---- finding checkpoints ----------------------------------------------------
 def incomplete(step_dir: Path) -> str | None:
     """Why ``step_dir`` is not a complete checkpoint (None: it is)."""
-    missing = [n for n in _REQUIRED if not (step_dir / n).is_file() or (step_dir / n).stat().st_size == 0]
+    names = (manifest_path(step_dir).name, *_REQUIRED)
+    missing = [n for n in names if not (step_dir / n).is_file() or (step_dir / n).stat().st_size == 0]
     return f"lacks {', '.join(missing)}" if missing else None
 
 
@@ -127,21 +129,21 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from itself, a run directory, or a ``checkpoints/`` folder.
 
-    Its ``genba.json`` is checked against the digest the training state records
-    (the weights are checked against ``genba.json`` when the model loads).
+    Its ``checkpoint.json`` is checked against the digest the training state records
+    (the weights are checked against ``checkpoint.json`` when the model loads).
     """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
-    found = p if (p / WEIGHTS).is_file() or (p / MANIFEST).is_file() else None
+    found = p if (p / WEIGHTS).is_file() or manifest_path(p).is_file() else None
     for run_dir in (p, p.parent):
         if found is None and (run_dir / CKPT_DIR).is_dir() and run_dir / CKPT_DIR in (p, p / CKPT_DIR):
             found = latest_checkpoint(run_dir)
     if found is None:
-        raise CheckpointError(f"{str(p)!r} is neither a checkpoint (model.safetensors + genba.json) "
+        raise CheckpointError(f"{str(p)!r} is neither a checkpoint (model.safetensors + checkpoint.json) "
                               "nor a run directory holding complete checkpoints in checkpoints/")
     if (found / _STATE_FILE).is_file():
-        verify_files(found, read_trainer_state(found), only=(MANIFEST,))
+        verify_files(found, read_trainer_state(found), only=(manifest_path(found).name,))
     return found
 
 

@@ -83,7 +83,7 @@ class GenbaBackend(PolicyBackend):
             return Policy(base.model, stats, device=base.device, manifest=man, normalization=mode, **policy_kwargs)
 
         files = {f: hashlib.sha256((Path(checkpoint_dir) / f).read_bytes()).hexdigest()
-                 for f in ("model.safetensors", "genba.json") if (Path(checkpoint_dir) / f).exists()}
+                 for f in ("model.safetensors", "checkpoint.json", "genba.json") if (Path(checkpoint_dir) / f).exists()}
         meta = {"model": {"preset": man.get("preset"), "num_params": man.get("weights", {}).get("num_params"),
                           "sha256": files}, "lineage": man.get("lineage", {})}
         be = cls(factory, chunk=base.cfg.chunk, specs=base.specs, meta=meta)

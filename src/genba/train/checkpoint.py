@@ -3,7 +3,7 @@
 Layout of a run directory::
 
     RUN_DIR/checkpoints/step-000400/model.safetensors   weights (genba.model.bundle)
-                                    genba.json          config, specs, stats, tokenizer, lineage
+                                    checkpoint.json     config, specs, stats, tokenizer, lineage
                                     train_state/        torch.distributed.checkpoint: model + optimizer
                                     train_state/trainer.json   step, schedule, sampler position
                                     train_state/rank-00000.pt  per-rank RNG states
@@ -55,7 +55,6 @@ from torch.distributed.checkpoint.state_dict import (
 
 from genba.model.bundle import sha256_file
 from genba.model.checkpoints import (  # noqa: F401  (re-exported: the trainer's callers find them here too)
-    _REQUIRED,
     _STATE_FILE,
     CKPT_DIR,
     FILES,

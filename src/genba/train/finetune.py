@@ -51,7 +51,7 @@ A spec whose dimensions or names differ from the dataset's features, or whose
 limits the demonstrations violate, is refused with an error naming both.
 
 The result is an ordinary checkpoint (``RUN/checkpoints/step-N``: bundle +
-``genba.json`` + train state) that ``load_policy``, ``genba eval`` and the
+``checkpoint.json`` + train state) that ``load_policy``, ``genba eval`` and the
 server take as they are. Its lineage records the parent (path and SHA-256 of
 its weights and manifest, its whole lineage), the new data and the adaptation.
 """
@@ -220,12 +220,12 @@ def sha256_file(path: Path) -> str:
 def build_lineage(parent_dir: Path, parent_manifest: dict, data, run_dir: Path, cfg: FinetuneConfig,
                   adaptation: dict, access: dict | None) -> dict:
     """This run's data and recipe, the parent (hashes + its full lineage), and the merged ancestry/owners."""
-    from genba.model.bundle import MANIFEST, WEIGHTS
+    from genba.model.bundle import WEIGHTS, manifest_path
 
     parent_lineage = dict(parent_manifest.get("lineage") or {})
     parent = {"checkpoint": str(parent_dir), "preset": parent_manifest.get("preset"),
               "weights_sha256": sha256_file(parent_dir / WEIGHTS),
-              "manifest_sha256": sha256_file(parent_dir / MANIFEST), "lineage": parent_lineage}
+              "manifest_sha256": sha256_file(manifest_path(parent_dir)), "lineage": parent_lineage}
     ancestry = [{k: parent[k] for k in ("checkpoint", "weights_sha256")}] + list(parent_lineage.get("ancestry", []))
     out = {"datasets": data.lineage(),
            "training": {"kind": "finetune", "run_dir": str(run_dir), "finetune_config": cfg.to_dict()},

@@ -476,7 +476,7 @@ def _record(window: _Window, state: _State, lr: float, grad_norm: float, data: T
 
 def _save_weights(directory: Path, model_cfg: ModelConfig, data: TrainData, full_sd: dict, cfg: TrainConfig,
                   lineage: dict) -> None:
-    """model.safetensors + genba.json from the gathered full state dict (rank 0)."""
+    """model.safetensors + checkpoint.json from the gathered full state dict (rank 0)."""
     with torch.device("meta"):
         plain = Generalist(model_cfg, data.specs)
     plain.to_empty(device="cpu")
