@@ -156,8 +156,10 @@ def section_consortium(st: dict) -> list[str]:
 
 
 def section_training(st: dict, root: Path, has_plot: bool) -> list[str]:
+    from genba.model.bundle import read_manifest
+
     t = st["train"]
-    manifest = json.loads((Path(t["checkpoint"]) / "genba.json").read_text())
+    manifest = read_manifest(t["checkpoint"])
     params = manifest.get("weights", {}).get("num_params")
     lines = ["## 2. Governed pretraining", "",
              f"`genba train --governed` as `{st['governance'].get('lineage', {}).get('principal', 'genba-lab/trainer')}` "

@@ -141,7 +141,7 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically and point ``latest`` at it (collective).
 
     ``write_bundle(dir, full_state_dict)`` writes ``model.safetensors`` and
-    ``genba.json`` (rank 0 only). ``trainer_state`` must be JSON-able (step,
+    ``checkpoint.json`` (rank 0 only). ``trainer_state`` must be JSON-able (step,
     schedule, sampler position); ``rank_state`` (default: RNG states) is saved
     per rank with ``torch.save``. ``extra`` (e.g. ``{"ema": shadow tensors}``)
     is saved with the model and optimizer in the distributed checkpoint;
