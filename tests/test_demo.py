@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from genba import cli, demo
+from genba import cli
+from genba.demo import run as demo
 from genba.envs.registry import resolve
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -28,7 +28,7 @@ COMMAND_MODULES = (
     "genba.serve.commands",
     "genba.train.plan_cli",
     "genba.train.finetune",
-    "genba.demo",
+    "genba.demo.run",
 )
 
 

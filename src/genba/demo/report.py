@@ -137,7 +137,7 @@ def _f(x, fmt="{:.2f}") -> str:
 
 
 def section_consortium(st: dict) -> list[str]:
-    from genba.demo import MEMBERS
+    from genba.demo.members import MEMBERS
 
     cons, collect, ingest = st["consortium"], st["collect"], st["ingest"]
     lines = ["## 1. Consortium and data", "",
