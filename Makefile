@@ -26,9 +26,10 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/genba demo
 
-# Seconds: the layer contracts of pyproject.toml, checked on the real imports.
+# Seconds: the layer contracts of pyproject.toml, checked on the real imports, then ruff.
 lint: install-dev
 	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks
 
 test: lint
 	OMP_NUM_THREADS=1 MUJOCO_GL=disable $(BIN)/python -m pytest -q

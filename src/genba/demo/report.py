@@ -185,7 +185,7 @@ def section_eval(results: dict, expert: dict, has_success: bool, has_tracking: b
              + ". Expert: the scripted expert's success while collecting (training seeds).", "",
              "| task | embodiment | expert | " + " | ".join(f"model ({lang})" for lang in results)
              + " | tracking error (en) |", "|---|---|---|" + "---|" * len(results) + "---|"]
-    for task, s in any_res["tasks"].items():
+    for task in any_res["tasks"]:
         emb = next(e["embodiment"] for e in any_res["episodes"] if e["task"] == task)
         cells = [f"{results[lang]['tasks'][task]['success_rate']:.2f}" for lang in results]
         err = results.get("en", any_res)["tasks"][task]["mean_tracking_error"]
