@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned and installed first: an unpinned resolve would pull a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo lint test install install-dev bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,12 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/genba demo
 
-test: install-dev
+# Seconds: the layer contracts of pyproject.toml, checked on the real imports, then ruff.
+lint: install-dev
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks
+
+test: lint
 	OMP_NUM_THREADS=1 MUJOCO_GL=disable $(BIN)/python -m pytest -q
 
 clean:

@@ -174,7 +174,8 @@ def collect_cached(tasks: str, out: Path, episodes: int, workers: int) -> list[P
 
 def subset(src: Path, n: int, out: Path) -> Path:
     """The first ``n`` episodes of every task of dataset ``src``, as a dataset of its own."""
-    from genba.data.lerobot import Episode, open_dataset, write_dataset
+    from genba.data.dataset import open_dataset
+    from genba.data.layout import Episode, write_dataset
 
     if (out / "meta" / "info.json").is_file():
         return out

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from genba.data.lerobot import open_dataset
+from genba.data.dataset import open_dataset
 from genba.envs.registry import get_task, resolve
 from genba.model.baseline import BaselineError
 from genba.train.baseline import BaselineConfig, train_baseline
@@ -71,7 +71,7 @@ def generalist_size(source: str, specs: dict) -> dict:
             n = sum(t.numel() for t in load_file(str(ckpt / "model.safetensors")).values())
         cfg = manifest["config"]
         return {"params": int(n), "history": int(cfg["history"]), "chunk": int(cfg["chunk"]), "source": str(ckpt)}
-    from genba.model.commands import build_meta
+    from genba.model.counts import build_meta
     from genba.model.config import PresetError, get_preset
 
     try:

@@ -78,7 +78,7 @@ class Load:
 
 def train_tiny(task_id: str, out: Path, preset: str) -> Path:
     """A checkpoint of ``preset`` from 8 expert episodes and 100 steps (seconds on a CPU)."""
-    from genba.data.lerobot import Episode, write_dataset
+    from genba.data.layout import Episode, write_dataset
     from genba.envs.collect import run_episode
     from genba.envs.seeds import train_seed
     from genba.train.config import TrainConfig

@@ -4,7 +4,7 @@ Builds an MT10-sized dataset (150 episodes x 500 frames = 75,000 frames, 39-d
 state, 4-d action: what the collector writes for MT10) with the real data-layer
 writer, ingests it (encrypts it) into a throwaway consortium, then times:
 
-  plain load     genba.data.lerobot.open_dataset(plain)
+  plain load     genba.data.dataset.open_dataset(plain)
   governed load  GovernedAccess(...).open(encrypted): site claim check, Cedar
                  decision, audit entries, sha256 of every file, key unwrap,
                  AES-GCM decryption
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from genba.data.lerobot import Episode, open_dataset, write_dataset
-from genba.data.reader import WindowDataset
+from genba.data.dataset import open_dataset
+from genba.data.layout import Episode, write_dataset
+from genba.data.windows import WindowDataset
 from genba.data.spec import EmbodimentSpec
 from genba.govern import admin, sites
 from genba.govern.access import GovernedAccess

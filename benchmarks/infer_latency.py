@@ -28,7 +28,7 @@ import torch
 
 from genba.data.stats import compute_stats
 from genba.model.bundle import save_bundle
-from genba.model.commands import nominal_specs
+from genba.model.counts import nominal_specs
 from genba.model.config import EXECUTE_MODES, get_preset
 from genba.model.policy import load_policy
 from genba.model.generalist import build_model

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from genba.data.language import LANGS
-from genba.data.opener import open_dataset
-from genba.data.reader import WindowDataset
+from genba.data.dataset import open_dataset
+from genba.data.windows import WindowDataset
 from genba.model.policy import load_policy
 
 

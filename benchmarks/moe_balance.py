@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/moe_balance.py [--data DIR,DIR] [--steps 300] [--batch 32]
 
 Without ``--data`` it writes two small synthetic datasets (an arm and a drive,
-learnable linear policies) with ``genba.data.lerobot.write_dataset``. Prints
+learnable linear policies) with ``genba.data.layout.write_dataset``. Prints
 the worst MoE layer's max/mean tokens per expert over 512 held-out draws, for:
 no balancing; the switch balance loss (``moe-small`` as configured, 0.01); the
 loss plus DeepSeek-V3's bias balancing (rate 1e-3, as in ``1t``).
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genba.data.lerobot import Episode, write_dataset
-from genba.data.reader import mixed_sampler
+from genba.data.layout import Episode, write_dataset
+from genba.data.windows import mixed_sampler
 from genba.data.spec import EmbodimentSpec
 from genba.model.config import get_preset
 from genba.train import trainer as T

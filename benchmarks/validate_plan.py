@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from genba.model.commands import nominal_specs
+from genba.model.counts import nominal_specs
 from genba.model.config import get_preset
 from genba.train import plan as P
 from genba.train import trainer as T

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from genba import cli, demo
+from genba import cli
+from genba.demo import run as demo
 from genba.envs.registry import resolve
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -137,7 +138,7 @@ def test_denied_accesses_are_in_the_audit_log_and_it_verifies(quick_run):
 def test_lineage_names_each_owner_and_report_has_its_plots(quick_run):
     state = json.loads((quick_run / demo.STATE_FILE).read_text())
     ckpt = Path(state["stages"]["train"]["summary"]["checkpoint"])
-    lineage = json.loads((ckpt / "genba.json").read_text())["lineage"]
+    lineage = json.loads((ckpt / "checkpoint.json").read_text())["lineage"]
     assert lineage["owners"] == sorted(m.org for m in demo.MEMBERS)
     assert lineage["site"]["jurisdiction"] == "JP" and lineage["principal"] == demo.TRAINER
     report = (quick_run / "report.md").read_text(encoding="utf-8")

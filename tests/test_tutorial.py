@@ -61,7 +61,7 @@ def test_collect_train_evaluate_serve(gantry, tmp_path, capsys):
     assert cli.main(["train", "--preset", "debug", "--data", str(data / "gantry"), "--out", str(run),
                      "--steps", "20", "--no-progress"]) == 0
     ckpt = next(run.glob("checkpoints/step-*"))
-    assert "gantry" in json.loads((ckpt / "genba.json").read_text())["specs"]
+    assert "gantry" in json.loads((ckpt / "checkpoint.json").read_text())["specs"]
     # 4. evaluate, both languages
     for lang in ("en", "ja"):
         out = ev / lang

@@ -102,7 +102,7 @@ def export_reference(ds: Path, out: Path) -> Path:
     """Every frame and the stats as genba's reader sees them, for the LeRobot-side check."""
     if out.is_file():
         return out
-    from genba.data.lerobot import open_dataset
+    from genba.data.dataset import open_dataset
 
     d = open_dataset(ds)
     arrays = {"observation.state": d.observation, "action": d.action, "episode_index": d.episode_index,

@@ -1,7 +1,8 @@
 """genba (現場): a sovereign Physical AI foundation-model stack.
 
-Layers, bottom to top: envs, data -> govern -> model -> train -> eval -> serve.
-See docs/ and ../shared/design.md for who may import whom.
+Layers, top to bottom (imports point down only): cli > demo > serve > eval >
+train > model > govern | envs > data > errors. docs/architecture.md shows the
+modules of each and who may import whom; ``lint-imports`` checks it.
 """
 
 __version__ = "0.1.0"

@@ -13,6 +13,10 @@ import importlib
 import sys
 import warnings
 
+from genba.errors import CLIError, UserError
+
+__all__ = ["CLIError", "UserError", "build_parser", "main"]  # CLIError stays importable from here
+
 # Order is the order verbs appear in --help.
 COMMAND_MODULES = (
     "genba.envs.commands",
@@ -24,12 +28,8 @@ COMMAND_MODULES = (
     "genba.serve.commands",
     "genba.train.plan_cli",
     "genba.train.finetune",
-    "genba.demo",
+    "genba.demo.run",
 )
-
-
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)
-    except CLIError as e:
+    except UserError as e:  # any layer's user-fixable error: one line, no traceback
         print(f"genba {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from data_synth import TASKS, coded_episodes, make_spec
 
-from genba.data.lerobot import write_dataset
+from genba.data.layout import write_dataset
 
 
 @pytest.fixture

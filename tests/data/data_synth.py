@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from genba.data.lerobot import Episode
+from genba.data.layout import Episode
 from genba.data.spec import EmbodimentSpec
 
 

@@ -18,7 +18,8 @@ from data_synth import TASKS, make_spec
 from test_values import edit_json, set_cell
 
 from genba.cli import main
-from genba.data.lerobot import ACTION, STATE, DatasetError, Episode, open_dataset, write_dataset
+from genba.data.dataset import open_dataset
+from genba.data.layout import ACTION, STATE, DatasetError, Episode, write_dataset
 from genba.data.lerobot_import import DRAFT_KEY, draft_spec, import_lerobot, load_spec_file
 from genba.data.spec import EmbodimentSpec, SpecError
 

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from data_synth import TASKS, coded_episodes, make_spec
 
-from genba.data import lerobot
-from genba.data.lerobot import DatasetError, Episode, open_dataset, write_dataset
+from genba.data import layout as lerobot
+from genba.data.dataset import open_dataset
+from genba.data.layout import DatasetError, Episode, write_dataset
 
 REF = Path(__file__).parent / "fixtures" / "lerobot-v3-sample"
 SKIP = "observation.environment_state"  # in the reference only

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from genba.data import stats as S
-from genba.data.lerobot import open_dataset
-from genba.data.reader import WindowDataset
+from genba.data.dataset import open_dataset
+from genba.data.windows import WindowDataset
 from genba.data.transforms import (VOCAB_SIZE, Normalize, TokenizeInstruction, TransformError, Unnormalize,
                                    compose, stats_by_embodiment)
 

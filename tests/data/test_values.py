@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from data_synth import TASKS, coded_episodes, make_spec
 
-from genba.data.lerobot import ACTION, STATE, DatasetError, open_dataset, write_dataset
+from genba.data.dataset import open_dataset
+from genba.data.layout import ACTION, STATE, DatasetError, write_dataset
 from genba.data.spec import diff_specs, fps_mismatch, plausible_bounds
 
 DATA0 = "data/chunk-000/file-000.parquet"
@@ -105,7 +106,7 @@ def test_the_check_costs_little(tmp_path):
 
     spec = make_spec(obs_dim=8, act_dim=4)
     rng = np.random.default_rng(0)
-    from genba.data.lerobot import Episode
+    from genba.data.layout import Episode
 
     eps = [Episode(rng.uniform(-1, 1, (2000, 8)), rng.uniform(-1, 1, (2000, 4)), 0) for _ in range(100)]
     root = write_dataset(tmp_path / "big", eps, spec, TASKS)

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from genba.data.lerobot import open_dataset
+from genba.data.dataset import open_dataset
 from genba.data.spec import EmbodimentSpec
 from genba.envs import collect as C
 from genba.envs import registry
@@ -141,7 +141,7 @@ def test_interrupted_rollouts_leave_no_dataset(tmp_path, toys, monkeypatch):
 
 
 def test_interrupted_write_leaves_no_complete_looking_dataset(tmp_path, toys, monkeypatch):
-    import genba.data.lerobot as L
+    import genba.data.layout as L
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from genba.data.lerobot import Episode, write_dataset
+from genba.data.layout import Episode, write_dataset
 from genba.envs.registry import get_task
 from genba.envs.seeds import eval_seed
 from genba.eval.baselines import load_baseline_policy

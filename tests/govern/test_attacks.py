@@ -41,12 +41,12 @@ def test_member_without_grant_is_denied(world):
 
 
 def test_denial_happens_before_any_data_is_read(world, monkeypatch):
-    import genba.data.lerobot as lerobot
+    import genba.data.dataset as dataset
 
     def must_not_run(*a, **k):
         raise AssertionError("the data layer was reached for a denied principal")
 
-    monkeypatch.setattr(lerobot, "open_dataset", must_not_run)
+    monkeypatch.setattr(dataset, "open_dataset", must_not_run)
     acc = world.access("b/bob")
     monkeypatch.setattr(acc.__class__, "_read_checked", lambda *a: pytest.fail("a file was read"))
     with pytest.raises(AccessDenied):

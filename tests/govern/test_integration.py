@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from genba.cli import main
-from genba.data.lerobot import open_dataset, write_dataset
+from genba.data.dataset import open_dataset
+from genba.data.layout import write_dataset
 from genba.govern import lineage as L
 from genba.govern.access import GovernedAccess
 from genba.govern.errors import AccessDenied
@@ -50,7 +51,7 @@ def test_cli_pipeline_governed_open_and_lineage(governed, capsys):
 
     ckpt = t / "ckpt"
     ckpt.mkdir()
-    (ckpt / "genba.json").write_text(json.dumps({"preset": "debug", "lineage": acc.lineage()}))
+    (ckpt / "checkpoint.json").write_text(json.dumps({"preset": "debug", "lineage": acc.lineage()}))
     capsys.readouterr()
     assert main(["lineage", str(ckpt), "--verify", "--card", str(t / "card.md")]) == 0
     out = capsys.readouterr().out

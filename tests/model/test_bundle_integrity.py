@@ -51,10 +51,22 @@ def test_flipped_bytes_in_the_weights_are_refused_naming_the_file(bundle):
 
 
 def test_a_bundle_without_a_recorded_digest_still_loads(bundle):
-    manifest = json.loads((bundle / "genba.json").read_text())
+    manifest = json.loads((bundle / "checkpoint.json").read_text())
     del manifest["weights"]["sha256"]  # written before digests were recorded
-    (bundle / "genba.json").write_text(json.dumps(manifest))
+    (bundle / "checkpoint.json").write_text(json.dumps(manifest))
     load_model(bundle)
+
+
+def test_a_checkpoint_with_the_old_manifest_name_still_loads(bundle):
+    from genba.govern.lineage import read_checkpoint_lineage
+    from genba.model.bundle import LEGACY_MANIFEST, MANIFEST, manifest_path
+
+    want = read_manifest(bundle)
+    (bundle / MANIFEST).rename(bundle / LEGACY_MANIFEST)  # written before issue 18 renamed genba.json
+    assert manifest_path(bundle) == bundle / "genba.json" and read_manifest(bundle) == want
+    load_model(bundle)
+    assert load_policy(bundle, device="cpu") is not None
+    assert read_checkpoint_lineage(bundle) == want["lineage"]
 
 
 def _real_task_bundle(tmp_path):

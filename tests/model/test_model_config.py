@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from genba.model.commands import build_meta, nominal_specs, parameter_counts
+from genba.model.counts import build_meta, nominal_specs, parameter_counts
 from genba.model.config import PRESETS, ModelConfig, PresetError, get_preset, preset_name_of
 
 

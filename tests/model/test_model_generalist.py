@@ -93,7 +93,7 @@ def test_repeated_instructions_are_encoded_once_with_the_same_values_and_gradien
     (each * weight).sum().backward()
     torch.testing.assert_close(shared, each, atol=1e-6, rtol=1e-5)
     for n, p in model.lang.named_parameters():
-        torch.testing.assert_close(grads[n], p.grad, atol=1e-6, rtol=1e-5, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-6, rtol=1e-5, msg=lambda m: f"{n}: {m}")  # noqa: B023
 
 
 def test_instruction_changes_the_output_english_and_japanese(specs):

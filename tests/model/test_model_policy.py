@@ -31,7 +31,7 @@ def rollout(policy, n=6):
 
 def test_round_trip_same_actions(ckpt):
     path, model = ckpt
-    manifest = json.loads((path / "genba.json").read_text())
+    manifest = json.loads((path / "checkpoint.json").read_text())
     assert manifest["preset"] == "debug" and set(manifest["specs"]) == {"arm", "drive"}
     assert manifest["lineage"] == {"run": "test"} and manifest["tokenizer"]["max_len"] == model.cfg.max_lang_len
     stats = toy_stats(toy_specs())
@@ -62,9 +62,9 @@ def test_wrong_preset_is_refused(ckpt):
     path, _ = ckpt
     with pytest.raises(BundleError, match="preset 'debug', not the requested 'small'"):
         load_policy(path, preset="small")
-    manifest = json.loads((path / "genba.json").read_text())
+    manifest = json.loads((path / "checkpoint.json").read_text())
     manifest["config"] = get_preset("tiny").to_dict()  # weights of debug, config of tiny
-    (path / "genba.json").write_text(json.dumps(manifest))
+    (path / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="do not match the config"):
         load_policy(path)
 
@@ -76,15 +76,15 @@ def test_truncated_weights_are_refused(ckpt):
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(BundleError, match="model.safetensors.*truncated"):
         load_policy(path)
-    manifest = json.loads((path / "genba.json").read_text())
+    manifest = json.loads((path / "checkpoint.json").read_text())
     del manifest["weights"]  # no recorded size: the safetensors reader must still catch it
-    (path / "genba.json").write_text(json.dumps(manifest))
+    (path / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="truncated or corrupt"):
         load_policy(path)
 
 
 def test_missing_checkpoint_is_clear(tmp_path):
-    with pytest.raises(BundleError, match="genba.json: not found"):
+    with pytest.raises(BundleError, match="checkpoint.json: not found"):
         load_policy(tmp_path)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from asyncua import Client, ua
 
-from genba.data.lerobot import Episode, write_dataset
+from genba.data.layout import Episode, write_dataset
 from genba.envs.collect import run_episode
 from genba.envs.registry import get_task
 from genba.envs.seeds import train_seed

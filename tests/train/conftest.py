@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genba.data.lerobot import Episode, write_dataset
+from genba.data.layout import Episode, write_dataset
 from genba.data.spec import EmbodimentSpec
 
 

@@ -68,7 +68,7 @@ def test_the_manifest_records_a_digest_of_every_file(fresh):
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in files.values())
 
 
-@pytest.mark.parametrize("target", ["shard", "model.safetensors", "genba.json", "rank"])
+@pytest.mark.parametrize("target", ["shard", "model.safetensors", "checkpoint.json", "rank"])
 def test_flipped_bytes_in_any_file_refuse_the_resume_naming_it(fresh, toy_data, target):
     step = fresh / "A" / ckpt.CKPT_DIR / "step-000004"
     path = {"shard": _shard(step), "rank": step / ckpt.TRAIN_STATE / "rank-00000.pt"}.get(target, step / target)
@@ -122,6 +122,19 @@ def test_latest_never_leaves_its_run(fresh, pointer):
     assert found == fresh / "B" / ckpt.CKPT_DIR / "step-000002"
     with pytest.warns(CheckpointWarning):
         assert ckpt.resolve_checkpoint(fresh / "B") == found  # what eval and finetune use
+
+
+def test_a_run_saved_with_the_old_manifest_name_still_resolves_and_resumes(fresh, toy_data):
+    step = fresh / "A" / ckpt.CKPT_DIR / "step-000004"
+    (step / "checkpoint.json").rename(step / "genba.json")  # a run saved before issue 18's rename
+    path = step / ckpt.TRAIN_STATE / ckpt.TRAINER_JSON
+    state = json.loads(path.read_text())
+    state["files"]["genba.json"] = state["files"].pop("checkpoint.json")
+    state["digest"] = ckpt._state_digest(state)
+    path.write_text(json.dumps(state))
+    assert ckpt.incomplete(step) is None
+    assert ckpt.resolve_checkpoint(fresh / "A") == step
+    assert T.train(DEBUG.replace(steps=6), toy_data, fresh / "A", resume=True, progress=False).step == 6
 
 
 def test_a_symlinked_step_to_another_run_is_refused(fresh):

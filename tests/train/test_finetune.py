@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import argparse
 
-from genba.cli import CLIError
-from genba.data.lerobot import Episode, write_dataset
+from genba.errors import CLIError
+from genba.data.layout import Episode, write_dataset
 from genba.data.spec import EmbodimentSpec
 from genba.model.bundle import read_manifest
 from genba.model.policy import load_policy

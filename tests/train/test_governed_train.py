@@ -93,7 +93,7 @@ def test_granted_job_trains_and_records_lineage(consortium, capsys):
     out = consortium["tmp"] / "run-ok"
     rc = cli.main(_train_argv(consortium, "lab/trainer", "tokyo", out))
     assert rc == 0, capsys.readouterr().err
-    meta = json.loads(next(out.glob("checkpoints/*/genba.json")).read_text())
+    meta = json.loads(next(out.glob("checkpoints/*/checkpoint.json")).read_text())
     lin = meta["lineage"]
     assert lin["owners"] == ["maker"] and lin["principal"] == "lab/trainer" and lin["site"]["id"] == "tokyo"
     assert {d["dataset_id"] for d in lin["datasets"]} == {"maker-toyarm", "maker-toydrive"}

@@ -20,7 +20,7 @@ import dataclasses
 import pytest
 import torch
 
-from genba.data.reader import mixed_sampler
+from genba.data.windows import mixed_sampler
 from genba.model.config import get_preset
 from genba.train import trainer as T
 from genba.train.config import get_train_preset

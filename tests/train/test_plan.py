@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from genba.model.commands import nominal_specs, parameter_counts
+from genba.model.counts import nominal_specs, parameter_counts
 from genba.model.config import get_preset
 from genba.train import plan as P
 from genba.train import trainer as T

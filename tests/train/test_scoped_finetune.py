@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genba.data.lerobot import write_dataset
+from genba.data.layout import write_dataset
 from genba.data.transforms import RouteInstruction, TransformError
 from genba.eval.rollout import load_batched_policy
 from genba.model.bundle import BundleError, bundle_routes, load_model, read_manifest, save_bundle

@@ -88,7 +88,7 @@ def test_fsdp_checkpoint_loads_in_one_process(dist_runs, toy_data):
     # each rank hashed what it wrote; rank 0 recorded them all (issue 19)
     files = json.loads((found / "train_state" / "trainer.json").read_text())["files"]
     assert {f"train_state/{n}" for n in ("__0_0.distcp", "__1_0.distcp", "rank-00000.pt", "rank-00001.pt",
-                                         ".metadata")} | {"model.safetensors", "genba.json"} <= set(files)
+                                         ".metadata")} | {"model.safetensors", "checkpoint.json"} <= set(files)
 
 
 @pytest.mark.distributed

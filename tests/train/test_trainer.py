@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from genba.data.lerobot import open_dataset
-from genba.data.reader import collate
+from genba.data.dataset import open_dataset
+from genba.data.windows import collate
 from genba.data.stats import aggregate_stats, compute_stats
 from genba.model.bundle import load_model
 from genba.model.policy import load_policy

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from genba.data.lerobot import DatasetError
+from genba.data.layout import DatasetError
 from genba.data.spec import SpecError
 
 GROUP_HELP = "datasets: import a LeRobot dataset, draft its spec; governed: ingest, grant, revoke, shred"

@@ -6,7 +6,7 @@ the embodiment spec and a Japanese instruction per task. A member may have
 recorded it with LeRobot, or edited a genba dataset with ``lerobot-edit-dataset``
 (which rewrites the dataset without ``meta/genba.json``). :func:`import_lerobot`
 writes that file from a spec JSON the user supplies, after the whole dataset
-passes :func:`genba.data.opener.open_dataset` with it: dims, dtypes and names of
+passes :func:`genba.data.dataset.open_dataset` with it: dims, dtypes and names of
 ``observation.state`` and ``action`` against the spec, ``fps`` against its
 control period, every value finite and plausible for its limits. By default the
 dataset is copied to a new directory (the source stays as LeRobot wrote it);
@@ -34,9 +34,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from genba.atomic import write_atomic
-from genba.data.lerobot import (ACTION, GENBA_FORMAT_VERSION, GENBA_PATH, INFO_PATH, STATE, STATS_PATH,
+from genba.data.layout import (ACTION, GENBA_FORMAT_VERSION, GENBA_PATH, INFO_PATH, STATE, STATS_PATH,
                                 TASKS_PATH, DatasetError, feature_names)
-from genba.data.opener import check_info, load_json, open_dataset
+from genba.data.dataset import check_info, load_json, open_dataset
 from genba.data.spec import EmbodimentSpec, SpecError
 
 DRAFT_KEY = "_draft"

@@ -21,7 +21,7 @@ or one per selection (``"arms=0.2,drives=0.01"``: tasks not named get none):
 a drive's tracking threshold tolerates far less noise than an arm's task.
 
 Nothing is written until every rollout is done, and each dataset is written
-atomically (``genba.data.lerobot.write_dataset``): an interrupted collect
+atomically (``genba.data.layout.write_dataset``): an interrupted collect
 leaves no dataset that looks complete.
 """
 
@@ -310,7 +310,7 @@ def run_rounds(tasks: list[registry.Task], cfg: CollectConfig) -> list[TaskLedge
 def write_embodiment(cfg: CollectConfig, name: str, ledgers: list[TaskLedger], *, wall_s: float,
                      cpu_s: float) -> Path:
     """Write the kept episodes of one embodiment's tasks with the collection report."""
-    from genba.data.lerobot import Episode, write_dataset  # envs -> data is the allowed direction
+    from genba.data.layout import Episode, write_dataset  # envs -> data is the allowed direction
 
     spec = ledgers[0].task.spec
     episodes = [Episode(r.observation, r.action, ti, r.seed)

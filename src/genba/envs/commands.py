@@ -58,7 +58,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _resolve(selection: str) -> list[registry.Task]:
-    from genba.cli import CLIError
+    from genba.errors import CLIError
 
     try:
         return registry.resolve(selection)
@@ -95,7 +95,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from genba.cli import CLIError
+    from genba.errors import CLIError
     from genba.envs.collect import CollectConfig, collect, noise_levels
 
     tasks = _resolve(args.tasks)

@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 from genba.configflags import add_config_flags, given_values
 from genba.data.language import LANGS
 from genba.model.config import EXECUTE_CHOICES
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from genba.eval.report import comparison_markdown, load_results
     from genba.eval.rollout import EvalConfig, evaluate, resolve_target
     from genba.model.bundle import BundleError
-    from genba.train.checkpoint import CheckpointError
+    from genba.model.checkpoints import CheckpointError
 
     try:
         target = resolve_target(args.checkpoint)

@@ -245,7 +245,7 @@ def resolve_target(checkpoint: str | os.PathLike) -> str:
     """``expert``, or the checkpoint directory a path names (a run dir resolves to its latest)."""
     if str(checkpoint) == EXPERT:
         return EXPERT
-    from genba.train.checkpoint import resolve_checkpoint
+    from genba.model.checkpoints import resolve_checkpoint
 
     return str(resolve_checkpoint(Path(checkpoint)))
 

@@ -4,7 +4,7 @@ Order of checks (each refusal is audited and raised before any dataset content
 is read): site claim and signed registries -> signed manifest -> Cedar decision
 and owner key check (per dataset, cached) -> per-file sha256 against the
 manifest -> key check and decryption -> the file's allow entry. The
-reader's ``read_table`` hook (``genba.data.lerobot.open_dataset``) calls
+reader's ``read_table`` hook (``genba.data.dataset.open_dataset``) calls
 ``GovernedAccess.read_table`` for every Parquet file, so an epoch of training
 pays the governance cost once per file, never per sample.
 """
@@ -131,7 +131,7 @@ class GovernedAccess:
 
     def open(self, root: str | Path):
         """A ``genba.data`` Dataset whose every Parquet read goes through this access."""
-        from genba.data.lerobot import open_dataset  # the data layer below us; imported late to keep startup cheap
+        from genba.data.dataset import open_dataset  # the data layer below us; imported late to keep startup cheap
 
         self.authorize(root)
         return open_dataset(Path(root), read_table=self.read_table)
@@ -150,7 +150,7 @@ class GovernedAccess:
         return written
 
     def lineage(self) -> dict:
-        """What this access read, for the checkpoint's genba.json ``lineage`` key."""
+        """What this access read, for the checkpoint's checkpoint.json ``lineage`` key."""
         from genba.govern.lineage import access_lineage
 
         return access_lineage(self)
@@ -225,3 +225,27 @@ def open_governed(root: str | Path, *, home: str | Path | None, principal: str, 
     """One-shot governed open: returns ``(dataset, access)``; keep ``access`` for ``lineage()``."""
     access = GovernedAccess(home, principal, site_claim, purpose, run_id, key_store=key_store)
     return access.open(root), access
+
+
+def governed_access(home: str | Path | None, principal: str, site_claim: Path | dict, purpose: str, run_id: str,
+                    data_dirs: list[Path]) -> GovernedAccess:
+    """A GovernedAccess that has authorized every dataset in ``data_dirs`` (nothing of them read yet).
+
+    Raises the :class:`GovernanceError` of the first refusal (bad claim, policy
+    denial, tampered manifest), already in the audit log; :func:`refusal` words it.
+    ``genba train --governed`` and the demo call this before opening any dataset.
+    """
+    access = GovernedAccess(home, principal, site_claim, purpose, run_id)
+    try:
+        for d in data_dirs:
+            access.authorize(d)
+    except GovernanceError:
+        access.close()
+        raise
+    return access
+
+
+def refusal(e: GovernanceError) -> str:
+    """One line saying a job stopped before reading any data, naming the denying policy if one did."""
+    why = f"denied by policy {e.policy_id}: {e}" if isinstance(e, AccessDenied) else str(e)
+    return f"training stopped before reading any data: {why}"

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 from genba.govern import admin, lineage, sites
 from genba.govern.audit import AuditLog
 from genba.govern.consortium import Consortium, Member, default_home, init_consortium
@@ -292,7 +292,7 @@ def _register_audit(subparsers) -> None:
     p = subparsers.add_parser("lineage", help="print the data lineage recorded in a checkpoint")
     _home(p)
     _witness_args(p)
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory (or its genba.json)")
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory (or its checkpoint.json)")
     p.add_argument("--verify", action="store_true", help="prove each audit entry against the audit log")
     p.add_argument("--card", type=Path, default=None, help="also write a Markdown model card here")
     p.set_defaults(func=_guard(cmd_lineage))

@@ -7,9 +7,11 @@ and why, so an operator can act without a traceback.
 
 from __future__ import annotations
 
+from genba.errors import UserError
 
-class GovernanceError(Exception):
-    """Base class of every governance refusal."""
+
+class GovernanceError(UserError):
+    """Base class of every governance refusal (a UserError: ``genba`` prints it without a traceback)."""
 
 
 class ConsortiumError(GovernanceError):

@@ -1,7 +1,7 @@
 """Lineage: which owners' data, which files, and which audit entries stand behind a checkpoint.
 
 The trainer stores ``access.lineage()`` (or ``merge_lineage`` of several) under
-the key ``"lineage"`` of the checkpoint's genba.json. ``verify_lineage`` checks
+the key ``"lineage"`` of the checkpoint's checkpoint.json. ``verify_lineage`` checks
 each cited audit entry against the log with an RFC 6962 inclusion proof, and
 that the log still extends the tree head recorded at training time.
 """
@@ -53,9 +53,16 @@ def merge_lineage(records: list[dict]) -> dict:
 
 
 def read_checkpoint_lineage(checkpoint: str | Path) -> dict:
-    """The lineage stored in CHECKPOINT/genba.json (or a genba.json path)."""
+    """The lineage stored in CHECKPOINT/checkpoint.json (or in that file's path).
+
+    A checkpoint written before the manifest's rename holds ``genba.json``
+    instead (``genba.model.bundle.manifest_path``; govern sits below model, so
+    the two names are repeated here).
+    """
     path = Path(checkpoint)
-    path = path / "genba.json" if path.is_dir() else path
+    if path.is_dir():
+        path = path / ("genba.json" if not (path / "checkpoint.json").is_file()
+                       and (path / "genba.json").is_file() else "checkpoint.json")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -1,6 +1,6 @@
-"""The model part of a checkpoint directory: ``model.safetensors`` + ``genba.json``.
+"""The model part of a checkpoint directory: ``model.safetensors`` + ``checkpoint.json``.
 
-``genba.json`` carries everything needed to drive a machine from the checkpoint
+``checkpoint.json`` carries everything needed to drive a machine from the checkpoint
 alone: the model config and preset name, the embodiment specs, the per-embodiment
 normalization statistics, the tokenizer and lineage (datasets, training run),
 and the route table of task-scoped entries (``routes``: which (embodiment,
@@ -10,8 +10,8 @@ Stats live here because fine-tuning breaks quietly when they drift from the
 weights (openpi #817, #433).
 
 Writes are atomic (temporary file, then ``os.replace``), weights first and
-``genba.json`` last, so a directory with a ``genba.json`` always has the weights
-it describes. ``genba.json`` records the weights' size and SHA-256; loading
+``checkpoint.json`` last, so a directory with a ``checkpoint.json`` always has the weights
+it describes. ``checkpoint.json`` records the weights' size and SHA-256; loading
 checks both (a size or content mismatch is a truncated, corrupt or replaced
 file: issue 19 found 16 flipped bytes serving silently), then the preset a
 caller asked for and the tensor names and shapes against the config, and names
@@ -40,7 +40,9 @@ from genba.model.generalist import Generalist, build_model
 
 FORMAT = "genba-model/1"
 WEIGHTS = "model.safetensors"
-MANIFEST = "genba.json"
+MANIFEST = "checkpoint.json"
+# The manifest's name before issue 18 (it clashed with a dataset's meta/genba.json): still read, never written.
+LEGACY_MANIFEST = "genba.json"
 
 
 class BundleError(ValueError):
@@ -57,7 +59,7 @@ def save_bundle(directory: str | os.PathLike, model: Generalist, *, stats: Mappi
                 lineage: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
                 state_dict: Mapping[str, torch.Tensor] | None = None,
                 routes: RouteInstruction | None = None) -> Path:
-    """Write the weights and ``genba.json`` into ``directory`` (created); returns the directory.
+    """Write the weights and ``checkpoint.json`` into ``directory`` (created); returns the directory.
 
     ``stats`` is ``{embodiment: {"observation.state": {...}, "action": {...}}}`` as
     ``genba.data.stats`` computes them; every embodiment of the model needs an entry.
@@ -109,9 +111,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def manifest_path(directory: str | os.PathLike) -> Path:
+    """``checkpoint.json`` of a checkpoint, or ``genba.json`` in one written before the rename."""
+    d = Path(directory)
+    legacy = d / LEGACY_MANIFEST
+    return legacy if not (d / MANIFEST).is_file() and legacy.is_file() else d / MANIFEST
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    """``genba.json`` of a checkpoint, checked for format and required keys."""
-    path = Path(directory) / MANIFEST
+    """``checkpoint.json`` of a checkpoint, checked for format and required keys."""
+    path = manifest_path(directory)
     if not path.is_file():
         raise BundleError(f"{path}: not found (is {directory} a genba checkpoint directory?)")
     try:
@@ -175,9 +184,9 @@ def load_model(directory: str | os.PathLike, *, preset: str | None = None,
     try:
         cfg = ModelConfig.from_dict(manifest["config"])
     except (TypeError, ValueError) as e:
-        raise BundleError(f"{directory / MANIFEST}: bad model config: {e}") from None
-    specs = bundle_specs(manifest, str(directory / MANIFEST))
-    bundle_routes(manifest, str(directory / MANIFEST))  # a bad table fails here, not at the first routed request
+        raise BundleError(f"{manifest_path(directory)}: bad model config: {e}") from None
+    specs = bundle_specs(manifest, str(manifest_path(directory)))
+    bundle_routes(manifest, str(manifest_path(directory)))  # a bad table fails here, not at the first routed request
     tensors = _read_weights(directory / WEIGHTS, manifest)
     _check_shapes(directory / WEIGHTS, build_model(cfg, specs, "meta"), tensors, manifest["preset"])
     model = build_model(cfg, specs, device or "cpu")  # init fills non-persistent buffers; the rest is overwritten
@@ -186,7 +195,7 @@ def load_model(directory: str | os.PathLike, *, preset: str | None = None,
 
 
 def verify_weights(directory: str | os.PathLike) -> None:
-    """Check a bundle's weights against the size and SHA-256 its ``genba.json`` records (no model built)."""
+    """Check a bundle's weights against the size and SHA-256 its ``checkpoint.json`` records (no model built)."""
     directory = Path(directory)
     _weights_bytes(directory / WEIGHTS, read_manifest(directory))
 
@@ -197,12 +206,12 @@ def _weights_bytes(path: Path, manifest: Mapping[str, Any]) -> bytes:
     want = manifest.get("weights", {}).get("num_bytes")
     have = path.stat().st_size
     if want is not None and have != want:
-        raise BundleError(f"{path}: {have} bytes but genba.json records {want}: the file is truncated or "
+        raise BundleError(f"{path}: {have} bytes but checkpoint.json records {want}: the file is truncated or "
                           "was replaced")
     data = path.read_bytes()  # read once: hashed, then parsed from memory
     want_sha = manifest.get("weights", {}).get("sha256")
     if want_sha is not None and (have_sha := hashlib.sha256(data).hexdigest()) != want_sha:
-        raise BundleError(f"{path}: SHA-256 {have_sha[:16]}... differs from the {want_sha[:16]}... genba.json "
+        raise BundleError(f"{path}: SHA-256 {have_sha[:16]}... differs from the {want_sha[:16]}... checkpoint.json "
                           "records: the file is corrupt or was replaced")
     return data
 

@@ -82,7 +82,7 @@ class GenbaBackend(PolicyBackend):
         policy = load_policy(checkpoint_dir, **policy_kwargs)
         man = policy.manifest
         files = {f: hashlib.sha256((Path(checkpoint_dir) / f).read_bytes()).hexdigest()
-                 for f in ("model.safetensors", "genba.json") if (Path(checkpoint_dir) / f).exists()}
+                 for f in ("model.safetensors", "checkpoint.json", "genba.json") if (Path(checkpoint_dir) / f).exists()}
         meta = {"model": {"preset": man.get("preset"), "num_params": man.get("weights", {}).get("num_params"),
                           "sha256": files}, "lineage": man.get("lineage", {})}
         return cls(policy, meta)

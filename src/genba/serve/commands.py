@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a checkpoint over HTTP/websocket with auth and the safety shield")
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (model.safetensors + genba.json)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (model.safetensors + checkpoint.json)")
     p.add_argument("--tokens", type=Path, required=True, help="token store (see `genba tokens`)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     p.add_argument("--port", type=int, default=8000)

@@ -84,7 +84,7 @@ class PerNodeWrites(AttributeService):
     """The Write service with one result per node (Part 4 5.10.4): a value setter's ``UaStatusCodeError``
     becomes that node's status, the other nodes of the request are written."""
 
-    async def write(self, params: ua.WriteParameters, user: User = User(role=UserRole.Admin)) -> list[ua.StatusCode]:
+    async def write(self, params: ua.WriteParameters, user: User = User(role=UserRole.Admin)) -> list[ua.StatusCode]:  # noqa: B008
         out = []
         for item in params.NodesToWrite:
             try:

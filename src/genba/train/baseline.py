@@ -162,7 +162,7 @@ def _check_recorded_spec(root: Any, task_id: str, spec: EmbodimentSpec, now: Emb
 def task_arrays(datasets: dict[str, Any], entry: TaskEntry, cfg: BaselineConfig,
                 normalize: Normalize) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalized inputs (N, in_dim), targets (N, out_dim) and target weights (N, out_dim) of a task."""
-    from genba.data.reader import WindowDataset
+    from genba.data.windows import WindowDataset
 
     xs, ys, ws = [], [], []
     for root, k in entry.sources:
@@ -240,7 +240,7 @@ def _train_group(cfg: BaselineConfig, entries: list[TaskEntry], seconds: float, 
     """One process's share: open its datasets, train its tasks one after the other, emit results.
 
     ``stats`` come from the parent (all datasets pooled per embodiment), as saved with the weights."""
-    from genba.data.lerobot import open_dataset
+    from genba.data.dataset import open_dataset
 
     torch.set_num_threads(1)
     try:
@@ -280,7 +280,7 @@ def train_baseline(cfg: BaselineConfig, data_roots: Sequence[str], out: str | os
 
     ``spec_of``: see :func:`task_table` (the train layer does not import the envs).
     """
-    from genba.data.lerobot import open_dataset
+    from genba.data.dataset import open_dataset
 
     t_start = time.perf_counter()
     datasets = [open_dataset(r) for r in data_roots]

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from genba.cli import CLIError
 from genba.configflags import add_config_flags, given_values
+from genba.errors import CLIError
 from genba.govern.manifest import PURPOSES
 from genba.train.config import CHOICES, TrainConfig
 
@@ -93,35 +93,15 @@ def access_from_args(args: argparse.Namespace) -> tuple[Callable | None, dict | 
     missing = [f"--{n.replace('_', '-')}" for n in ("principal", "site_claim") if getattr(args, n) is None]
     if missing:
         raise CLIError(f"--governed needs {' and '.join(missing)}")
-    access = governed_access(args.home, args.principal, args.site_claim, args.purpose,
-                             args.run_id or Path(args.out).name, args.data)
+    from genba.govern.access import governed_access, refusal
+    from genba.govern.errors import GovernanceError
+
+    try:
+        access = governed_access(args.home, args.principal, args.site_claim, args.purpose,
+                                 args.run_id or Path(args.out).name, args.data)
+    except GovernanceError as e:
+        raise CLIError(refusal(e)) from None
     return access.read_table, access.lineage
-
-
-def governed_access(home: Path | None, principal: str, site_claim: Path | dict, purpose: str, run_id: str,
-                    data_dirs: list[Path]):
-    """A GovernedAccess that has authorized every dataset in ``data_dirs`` (nothing of them read yet).
-
-    Raises CLIError on any refusal (bad claim, policy denial, tampered manifest);
-    the refusal is already in the audit log. The demo calls this too.
-    """
-    from genba.govern.access import GovernedAccess
-    from genba.govern.errors import AccessDenied, GovernanceError
-
-    try:
-        access = GovernedAccess(home, principal, site_claim, purpose, run_id)
-    except GovernanceError as e:
-        raise CLIError(f"training stopped before reading any data: {e}") from None
-    try:
-        for d in data_dirs:
-            access.authorize(d)
-    except AccessDenied as e:
-        access.close()
-        raise CLIError(f"training stopped before reading any data: denied by policy {e.policy_id}: {e}") from None
-    except GovernanceError as e:
-        access.close()
-        raise CLIError(f"training stopped before reading any data: {e}") from None
-    return access
 
 
 def _refuse_ungoverned(args: argparse.Namespace) -> None:
@@ -139,7 +119,7 @@ def _refuse_ungoverned(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genba.data.lerobot import DatasetError
+    from genba.data.layout import DatasetError
     from genba.finite import NonFiniteError
     from genba.govern.errors import GovernanceError  # a refusal met mid-read (file altered, key shredded)
     from genba.model.bundle import BundleError

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from genba.cli import CLIError
+from genba.errors import CLIError
 from genba.train.finetune_data import (STATS_POLICIES, FinetuneError, build_data, choose_stats, open_data,
                                        plan_embodiments, read_spec_file, routed_entry, routes_for, scope_entries)
 from genba.train.transfer import parse_channel_map, plan_warm_start, warm_start
@@ -182,12 +182,12 @@ def sha256_file(path: Path) -> str:
 def build_lineage(parent_dir: Path, parent_manifest: dict, data, run_dir: Path, cfg: FinetuneConfig,
                   adaptation: dict, access: dict | None) -> dict:
     """This run's data and recipe, the parent (hashes + its full lineage), and the merged ancestry/owners."""
-    from genba.model.bundle import MANIFEST, WEIGHTS
+    from genba.model.bundle import WEIGHTS, manifest_path
 
     parent_lineage = dict(parent_manifest.get("lineage") or {})
     parent = {"checkpoint": str(parent_dir), "preset": parent_manifest.get("preset"),
               "weights_sha256": sha256_file(parent_dir / WEIGHTS),
-              "manifest_sha256": sha256_file(parent_dir / MANIFEST), "lineage": parent_lineage}
+              "manifest_sha256": sha256_file(manifest_path(parent_dir)), "lineage": parent_lineage}
     ancestry = [{k: parent[k] for k in ("checkpoint", "weights_sha256")}] + list(parent_lineage.get("ancestry", []))
     out = {"datasets": data.lineage(),
            "training": {"kind": "finetune", "run_dir": str(run_dir), "finetune_config": cfg.to_dict()},
@@ -313,7 +313,7 @@ def _train(model, data, cfg: FinetuneConfig, run_dir: Path, stats: dict, manifes
            norm_mode: str, progress: bool, routes=None, origin: float | None = None):
     """The trainer's optimizer, schedule, batches and loop (:func:`genba.train.loop.fit`) over the trainable
     parameters; checkpoints on the config's cadence (by default only at the end)."""
-    from genba.data.reader import mixed_sampler
+    from genba.data.windows import mixed_sampler
     from genba.model.bundle import save_bundle
     from genba.model.lora import merged_state_dict
     from genba.train import checkpoint as ckpt
@@ -412,7 +412,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from genba.configflags import given_values
-    from genba.data.lerobot import DatasetError
+    from genba.data.layout import DatasetError
     from genba.finite import NonFiniteError
     from genba.model.bundle import BundleError
     from genba.train.checkpoint import CheckpointError

@@ -46,7 +46,7 @@ def read_spec_file(path: str | os.PathLike):
 
 def check_spec_fits(spec, ds) -> None:
     """Refuse a spec whose dimensions, names or limits disagree with the dataset's frames."""
-    from genba.data.lerobot import ACTION, STATE
+    from genba.data.layout import ACTION, STATE
 
     feats = ds.info["features"]
     for key, dim, names, frames in ((STATE, spec.obs_dim, spec.obs_names, ds.observation),
@@ -78,7 +78,8 @@ def _check_limits(spec, ds, kind, names, low, high, frames) -> None:
 
 def open_data(dirs: Sequence[str | os.PathLike], spec_override=None, read_table: Callable | None = None) -> list:
     """Open every dataset; with ``spec_override`` each must fit it and takes it as its spec."""
-    from genba.data.lerobot import DatasetError, open_dataset
+    from genba.data.dataset import open_dataset
+    from genba.data.layout import DatasetError
 
     out = []
     for d in dirs:
@@ -198,7 +199,7 @@ def build_data(datasets: list, replay: list, stats: dict, mode: str, cfg, model_
     ``route`` (a RouteInstruction) keys each dataset's samples to the model entry its instructions route to;
     ``entry_specs`` holds the specs of task-scoped entries.
     """
-    from genba.data.reader import MixedDataset, WindowDataset
+    from genba.data.windows import MixedDataset, WindowDataset
     from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstruction
     from genba.train.trainer import TrainData
 

@@ -7,7 +7,7 @@
 
 Parameter counts are never a separate formula: the preset is built on the
 ``meta`` device and counted per component and per block with
-``genba.model.commands.parameter_counts`` / ``component_of``.
+``genba.model.counts.parameter_counts`` / ``component_of``.
 
 Memory model per GPU, for what ``genba.train.parallelize`` runs (a layout is
 ``world = dp * tp`` GPUs; ``ep`` divides ``dp`` and is not combined with
@@ -81,14 +81,14 @@ class ModelFacts:
 def describe(preset: str) -> ModelFacts:
     """Build ``preset`` on the meta device with the nominal embodiments and count it (the same
     code ``genba model info`` runs); cached, a 1T build takes seconds."""
-    from genba.model.commands import build_meta, nominal_specs
+    from genba.model.counts import build_meta, nominal_specs
 
     return facts_of(build_meta(preset, nominal_specs()), preset)
 
 
 def facts_of(model, preset: str = "custom") -> ModelFacts:
     """Counts of an already built model (meta or real)."""
-    from genba.model.commands import component_of, parameter_counts
+    from genba.model.counts import component_of, parameter_counts
 
     blocks: dict[int, dict[str, int]] = {}
     for name, p in model.named_parameters():

@@ -39,7 +39,7 @@ def _print_plans(facts: ModelFacts, plans: list[Plan], b: Budget, title: str, li
 
 
 def _print_header(facts: ModelFacts, b: Budget) -> None:
-    cfg, f = facts.cfg, flops_per_token(facts, b.seq_len)
+    f = flops_per_token(facts, b.seq_len)
     c = b.cluster
     print(f"model {facts.preset!r}: {facts.total:,} parameters ({facts.total / 1e12:.3f}T), "
           f"{facts.active:,} active per token ({facts.active / 1e9:.2f}B) [counted on the meta device]")
@@ -67,7 +67,7 @@ def _print_serving(facts: ModelFacts, c: Cluster, seq_len: int) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from genba.cli import CLIError
+    from genba.errors import CLIError
     from genba.model.config import PresetError
 
     try:

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from genba.data.lerobot import open_dataset
-from genba.data.reader import MixedDataset, WindowDataset, mixed_sampler
+from genba.data.dataset import open_dataset
+from genba.data.windows import MixedDataset, WindowDataset, mixed_sampler
 from genba.data.spec import diff_specs
 from genba.data.transforms import Normalize, TokenizeInstruction, compose, stats_by_embodiment
 from genba.device import default_device, distributed_backend
@@ -53,7 +53,7 @@ _SAMPLER_SPAN = 2**62  # the sampler is indexed by position; "infinite" for a ti
 class TrainData:
     """Opened datasets and what the model and checkpoint need from them."""
 
-    datasets: list  # genba.data.opener.Dataset, one or more per embodiment
+    datasets: list  # genba.data.dataset.Dataset, one or more per embodiment
     mixed: MixedDataset
     specs: dict  # embodiment -> EmbodimentSpec
     stats: dict  # embodiment -> stats (merged when several datasets share an embodiment)

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from genba.data.language import LANGS, TRAIN_LANGS
-from genba.data.opener import Dataset
+from genba.data.dataset import Dataset
 
 Transform = Callable[[dict], dict]
 

@@ -139,7 +139,7 @@ def _f(x, fmt="{:.2f}") -> str:
 
 
 def section_consortium(st: dict) -> list[str]:
-    from genba.demo import MEMBERS
+    from genba.demo.members import MEMBERS
 
     cons, collect, ingest = st["consortium"], st["collect"], st["ingest"]
     lines = ["## 1. Consortium and data", "",
@@ -158,8 +158,10 @@ def section_consortium(st: dict) -> list[str]:
 
 
 def section_training(st: dict, root: Path, has_plot: bool) -> list[str]:
+    from genba.model.bundle import read_manifest
+
     t = st["train"]
-    manifest = json.loads((Path(t["checkpoint"]) / "genba.json").read_text())
+    manifest = read_manifest(t["checkpoint"])
     params = manifest.get("weights", {}).get("num_params")
     lines = ["## 2. Governed pretraining", "",
              f"`genba train --governed` as `{st['governance'].get('lineage', {}).get('principal', 'genba-lab/trainer')}` "
@@ -185,7 +187,7 @@ def section_eval(results: dict, expert: dict, has_success: bool, has_tracking: b
              + ". Expert: the scripted expert's success while collecting (training seeds).", "",
              "| task | embodiment | expert | " + " | ".join(f"model ({lang})" for lang in results)
              + " | tracking error (en) |", "|---|---|---|" + "---|" * len(results) + "---|"]
-    for task, s in any_res["tasks"].items():
+    for task in any_res["tasks"]:
         emb = next(e["embodiment"] for e in any_res["episodes"] if e["task"] == task)
         cells = [f"{results[lang]['tasks'][task]['success_rate']:.2f}" for lang in results]
         err = results.get("en", any_res)["tasks"][task]["mean_tracking_error"]

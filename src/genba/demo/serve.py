@@ -16,6 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
+
 SERVE_TASK = "drive/pmsm-current"
 PERIOD_S = 0.01
 CYCLE_RT, MACHINE_RT, SERVER_NICE = 20, 10, -5  # SCHED_FIFO priorities and a nice (see docs/safety.md)

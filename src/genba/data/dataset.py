@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from genba.data import stats as S
 from genba.data.language import LANGS
-from genba.data.lerobot import (_ARROW_TYPES, _GENBA_KEYS, ACTION, CODEBASE_VERSION, EPISODES_PATH,
+from genba.data.layout import (_ARROW_TYPES, _GENBA_KEYS, ACTION, CODEBASE_VERSION, EPISODES_PATH,
                                 GENBA_PATH, INFO_PATH, STATE, STATS_PATH, TASKS_PATH, DatasetError,
                                 EpisodeRange, feature_names)
 from genba.data.spec import PLAUSIBLE_SPANS, EmbodimentSpec, SpecError, fps_mismatch, plausible_bounds

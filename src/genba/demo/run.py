@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Callable
 
 from genba.atomic import write_atomic
-from genba.cli import CLIError
 from genba.data.language import LANGS
+from genba.demo.members import MEMBERS, MemberPlan
+from genba.errors import CLIError
 from genba.train.recipes import get_recipe
 
 STATE_FILE = "demo-state.json"
@@ -48,28 +49,6 @@ JP_SITE, FOREIGN_SITE = "tokyo-1", "us-west-1"
 SITES = ((JP_SITE, "JP", "genba lab, Tokyo"), (FOREIGN_SITE, "US", "overseas public cloud"))
 PURPOSES = ("pretraining", "evaluation")
 RECIPE = {False: "demo", True: "demo-quick"}  # genba.train.recipes: the data, weights, noise and preset trained
-
-
-@dataclass(frozen=True)
-class MemberPlan:
-    """One consortium member and the demonstrations it contributes."""
-
-    org: str
-    name: str
-    tasks: str  # a genba.envs selection
-    classification: str
-    noise: str = ""  # DART levels of its demonstrations, as `genba collect --noise` takes them ("" = plain)
-
-
-# Each member's DART noise is its collection's in the demo recipe (genba.train.recipes says why).
-MEMBERS = (
-    MemberPlan("automaker", "Automaker (Sawyer-arm demonstrations)", "mt10", "confidential",
-               noise=get_recipe("demo").noise_of("mt10")),
-    MemberPlan("steelworks", "Steelworks (electric-drive telemetry)", "drives", "restricted",
-               noise=get_recipe("demo").noise_of("drives")),
-    MemberPlan("electronics", "Electronics maker (joint-space arm demonstrations)", "arms", "internal",
-               noise=get_recipe("demo").noise_of("arms")),
-)
 
 
 @dataclass(frozen=True)
@@ -358,9 +337,9 @@ def stage_governance(demo: Demo) -> dict:
     """Attempts that must be refused, then the audit log and the checkpoint's lineage."""
     from genba.govern import admin
     from genba.govern.consortium import Consortium
-    from genba.demo_report import audit_counts
+    from genba.demo.report import audit_counts
     from genba.govern.lineage import model_card, read_checkpoint_lineage, verify_lineage
-    from genba.train.commands import governed_access
+    from genba.govern.access import GovernanceError, governed_access, refusal
 
     all_dirs = [d["governed"] for d in demo.datasets()]
     automaker = [d["governed"] for d in demo.datasets() if d["owner"] == "automaker"]
@@ -372,9 +351,10 @@ def stage_governance(demo: Demo) -> dict:
     for what, principal, site, dirs, run_id in attempts:
         try:  # the very pre-flight `genba train --governed` runs before opening any dataset
             governed_access(demo.home, principal, demo.claim(site), "pretraining", run_id, dirs).close()
-        except CLIError as e:
-            denials.append({"attempt": what, "principal": principal, "site": site, "run_id": run_id, "error": str(e)})
-            demo.console.print(f"[red]denied[/red] {what}: {e}")
+        except GovernanceError as e:
+            why = refusal(e)
+            denials.append({"attempt": what, "principal": principal, "site": site, "run_id": run_id, "error": why})
+            demo.console.print(f"[red]denied[/red] {what}: {why}")
         else:
             raise CLIError(f"governance failure: {what} was ALLOWED; the consortium policies are not in force")
     c = Consortium(demo.home)
@@ -417,7 +397,7 @@ def stage_serve(demo: Demo) -> dict:
     except ImportError as e:
         demo.console.print(f"[yellow]serving is not available ({e}); stage skipped[/yellow]")
         return {"skipped": str(e)}
-    from genba.demo_serve import serve_and_bridge
+    from genba.demo.serve import serve_and_bridge
 
     out = demo.root / "serve"
     discard(out)
@@ -425,7 +405,7 @@ def stage_serve(demo: Demo) -> dict:
 
 
 def stage_report(demo: Demo) -> dict:
-    from genba.demo_report import print_summary, write_report
+    from genba.demo.report import print_summary, write_report
 
     path = write_report(demo)
     print_summary(demo, path)
@@ -473,8 +453,6 @@ def register(subparsers) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from genba.govern.errors import GovernanceError
-
     cfg = build_config(args)
     root = Path(cfg.out)
     if args.fresh and root.exists():
@@ -488,9 +466,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(f"[bold]genba {kind}[/bold] in {root} (training budget {cfg.budget_min:g} min, "
                   f"preset {cfg.preset}, {cfg.procs} training process(es)); interrupt any time and re-run to continue")
     t0 = time.perf_counter()
-    try:
-        run_stages(demo)
-    except GovernanceError as e:
-        raise CLIError(str(e)) from None
+    run_stages(demo)  # a GovernanceError is a UserError: genba prints it in one line, exit 2
     console.print(f"{kind} finished in {time.perf_counter() - t0:.0f} s (this session)")
     return 0

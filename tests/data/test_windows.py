@@ -8,8 +8,9 @@ import torch
 from data_synth import TASKS, coded_episodes, make_spec
 from torch.utils.data import DataLoader
 
-from genba.data.lerobot import open_dataset, write_dataset
-from genba.data.reader import MixedDataset, WindowDataset, collate, mixed_sampler
+from genba.data.dataset import open_dataset
+from genba.data.layout import write_dataset
+from genba.data.windows import MixedDataset, WindowDataset, collate, mixed_sampler
 
 LENGTHS = [5, 7, 1, 10]  # the toy_dataset fixture
 

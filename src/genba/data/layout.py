@@ -18,7 +18,7 @@ is in ``genba.json``.
 
 Writing goes into a hidden temporary directory beside the target that is
 renamed into place at the end, so an interrupted write never leaves a dataset
-that looks complete. :func:`open_dataset` validates everything it reads and
+that looks complete. :func:`genba.data.dataset.open_dataset` validates everything it reads and
 names the offending file; every parquet read goes through one ``read_table``
 hook so the governance layer can authorize, audit and decrypt it.
 """
@@ -404,21 +404,3 @@ def _write_tasks(root: Path, tasks: list[dict]) -> None:
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=4, ensure_ascii=False), encoding="utf-8")
-
-
-# =============================================================================
-# reading: validation lives in `genba.data.opener`; the contract's names stay here
-# =============================================================================
-def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None):
-    """Open and validate a dataset; see :func:`genba.data.opener.open_dataset`."""
-    from genba.data.opener import open_dataset as _open
-
-    return _open(root, read_table)
-
-
-def __getattr__(name: str) -> Any:  # `from genba.data.lerobot import Dataset` without an import cycle
-    if name == "Dataset":
-        from genba.data.opener import Dataset
-
-        return Dataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
