@@ -71,8 +71,8 @@ def generalist_size(source: str, specs: dict) -> dict:
             n = sum(t.numel() for t in load_file(str(ckpt / "model.safetensors")).values())
         cfg = manifest["config"]
         return {"params": int(n), "history": int(cfg["history"]), "chunk": int(cfg["chunk"]), "source": str(ckpt)}
-    from genba.model.counts import build_meta
     from genba.model.config import PresetError, get_preset
+    from genba.model.counts import build_meta
 
     try:
         cfg = get_preset(source)

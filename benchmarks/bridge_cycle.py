@@ -63,7 +63,7 @@ class Load:
         self.procs = [ctx.Process(target=_busy, args=(cpus[i % len(cpus)], until, ev), daemon=True)
                       for i, ev in enumerate(self.started)]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for p, ev in zip(self.procs, self.started):
             p.start()
             ev.wait(10)

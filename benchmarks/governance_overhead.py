@@ -29,8 +29,8 @@ import numpy as np
 
 from genba.data.dataset import open_dataset
 from genba.data.layout import Episode, write_dataset
-from genba.data.windows import WindowDataset
 from genba.data.spec import EmbodimentSpec
+from genba.data.windows import WindowDataset
 from genba.govern import admin, sites
 from genba.govern.access import GovernedAccess
 from genba.govern.consortium import Member, init_consortium

@@ -28,10 +28,10 @@ import torch
 
 from genba.data.stats import compute_stats
 from genba.model.bundle import save_bundle
-from genba.model.counts import nominal_specs
 from genba.model.config import EXECUTE_MODES, get_preset
-from genba.model.policy import load_policy
+from genba.model.counts import nominal_specs
 from genba.model.generalist import build_model
+from genba.model.policy import load_policy
 
 MODES = (*EXECUTE_MODES, "chunk")  # chunk: a whole chunk played open loop per model call
 

@@ -22,8 +22,8 @@ import argparse
 import numpy as np
 import torch
 
-from genba.data.language import LANGS
 from genba.data.dataset import open_dataset
+from genba.data.language import LANGS
 from genba.data.windows import WindowDataset
 from genba.model.policy import load_policy
 

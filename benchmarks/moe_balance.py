@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from genba.data.layout import Episode, write_dataset
-from genba.data.windows import mixed_sampler
 from genba.data.spec import EmbodimentSpec
+from genba.data.windows import mixed_sampler
 from genba.model.config import get_preset
 from genba.train import trainer as T
 from genba.train.config import get_train_preset

@@ -28,10 +28,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 import matmul_peak  # noqa: E402
 
-from genba.model.counts import nominal_specs  # noqa: E402
 from genba.model.config import get_preset  # noqa: E402
-from genba.train.config import get_train_preset  # noqa: E402
+from genba.model.counts import nominal_specs  # noqa: E402
 from genba.model.generalist import build_model  # noqa: E402
+from genba.train.config import get_train_preset  # noqa: E402
 from genba.train.trainer import build_optimizer  # noqa: E402
 
 

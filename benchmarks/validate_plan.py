@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from genba.model.counts import nominal_specs
 from genba.model.config import get_preset
+from genba.model.counts import nominal_specs
 from genba.train import plan as P
 from genba.train import trainer as T
 from genba.train.config import get_train_preset

@@ -10,8 +10,8 @@ on their own (no datasets, no envs): ``toy_specs()`` are two synthetic machines
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch

@@ -27,8 +27,9 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -158,7 +159,7 @@ class LeRobotPolicy:
         if self._log:
             self._log.close()
 
-    def __enter__(self) -> "LeRobotPolicy":
+    def __enter__(self) -> LeRobotPolicy:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from lerobot_side import ACTION, STATE, log, open_lerobot, task_strings
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
 
-Content = Union[str, bytes, Callable[[Path], object]]
+Content = str | bytes | Callable[[Path], object]
 
 
 def write_atomic(path: str | os.PathLike, content: Content, *, fsync: bool = False,

@@ -19,8 +19,9 @@ import inspect
 import re
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 _COMMENT = re.compile(r"^    (\w+)\s*:[^#]*#\s*(.+)$")  # `    name: type = default  # help` in a class body
 

@@ -8,12 +8,12 @@ accelerator wins, else the CPU.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 
-@lru_cache(maxsize=None)
+@cache
 def default_device() -> torch.device:
     env = os.environ.get("GENBA_DEVICE")
     if env:

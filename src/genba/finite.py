@@ -17,7 +17,7 @@ waiting in the next collective.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist

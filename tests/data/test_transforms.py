@@ -10,9 +10,16 @@ import torch
 
 from genba.data import stats as S
 from genba.data.dataset import open_dataset
+from genba.data.transforms import (
+    VOCAB_SIZE,
+    Normalize,
+    TokenizeInstruction,
+    TransformError,
+    Unnormalize,
+    compose,
+    stats_by_embodiment,
+)
 from genba.data.windows import WindowDataset
-from genba.data.transforms import (VOCAB_SIZE, Normalize, TokenizeInstruction, TransformError, Unnormalize,
-                                   compose, stats_by_embodiment)
 
 
 def _stats(x: np.ndarray) -> dict:

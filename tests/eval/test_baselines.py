@@ -11,9 +11,9 @@ from genba.data.layout import Episode, write_dataset
 from genba.envs.registry import get_task
 from genba.envs.seeds import eval_seed
 from genba.eval.baselines import load_baseline_policy
+from genba.eval.rollout import EvalConfig, run_job
 from genba.model.baseline import BaselineError, TaskMLP, check_baseline_tasks, is_baseline, load_baseline
 from genba.train.baseline import BaselineConfig, match_widths, mlp_params, train_baseline
-from genba.eval.rollout import EvalConfig, run_job
 
 TASKS = ("drive/dc-current", "drive/dc-speed")
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from genba.data.transforms import RouteInstruction
-from tests.fixtures import routed_spec, toy_spec, toy_stats, tiny_checkpoint
+from tests.fixtures import routed_spec, tiny_checkpoint, toy_spec, toy_stats
 
 SPECS = {"arm": toy_spec("arm", 7, 3), "drive": toy_spec("drive", 4, 2, period=1e-3),
          "belt": toy_spec("belt", 3, 1, period=0.01)}

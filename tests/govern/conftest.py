@@ -1,7 +1,6 @@
 """Fixtures of the governance tests; the helpers live in govern_world.py (a unique module name)."""
 
 import pytest
-
 from govern_world import world  # noqa: F401  (pytest fixture)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from govern_world import DATA_FILE
 
 from genba.govern import admin
 from genba.govern.errors import AccessDenied
-from govern_world import DATA_FILE
 
 
 def _plain(world, name):

@@ -7,14 +7,22 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
+from govern_world import DATA_FILE
 
-from genba.govern import admin, signing, sites
+from genba.govern import admin, signing
 from genba.govern.access import GovernedAccess
 from genba.govern.encryption import Decryptor
-from genba.govern.errors import (AccessDenied, ConsortiumError, FileHashMismatch, KeyShredded, KeyUnavailable,
-                                 ManifestError, SiteClaimError, WrongOwnerKey)
+from genba.govern.errors import (
+    AccessDenied,
+    ConsortiumError,
+    FileHashMismatch,
+    KeyShredded,
+    KeyUnavailable,
+    ManifestError,
+    SiteClaimError,
+    WrongOwnerKey,
+)
 from genba.govern.kms import LocalKeyStore
-from govern_world import DATA_FILE
 
 
 def test_site_outside_jp_reading_jp_data_is_denied(world):

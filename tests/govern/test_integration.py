@@ -13,7 +13,6 @@ import pytest
 from genba.cli import main
 from genba.data.dataset import open_dataset
 from genba.data.layout import write_dataset
-from genba.govern import lineage as L
 from genba.govern.access import GovernedAccess
 from genba.govern.errors import AccessDenied
 

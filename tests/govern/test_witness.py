@@ -13,12 +13,12 @@ import shutil
 import sqlite3
 
 import pytest
+from govern_world import DATA_FILE
 
 from genba.cli import main
 from genba.govern import admin, merkle, signing
 from genba.govern.audit import AuditLog
 from genba.govern.errors import AuditIntegrityError, GovernanceError
-from govern_world import DATA_FILE
 
 
 def _db(world) -> sqlite3.Connection:
@@ -73,7 +73,7 @@ def test_truncated_tail_with_its_heads_is_caught(world, capsys, dropped):
     truncate(world, n - dropped)
     rc, text = verify(world, capsys)
     assert rc == 2
-    assert f"witness 'a'" in text and f"size {n}" in text and f"holds {n - dropped}" in text
+    assert "witness 'a'" in text and f"size {n}" in text and f"holds {n - dropped}" in text
     assert "truncated" in text and "Traceback" not in text
 
 

@@ -11,7 +11,6 @@ from genba.model import trunk as trunk_mod
 from genba.model.config import get_preset
 from genba.model.lora import apply_lora
 from genba.model.policy import Policy
-
 from tests.fixtures import build_model, toy_specs, toy_stats
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}  # float rounding only (other matmul kernels, complex rotary)

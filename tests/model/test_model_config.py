@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from genba.model.counts import build_meta, nominal_specs, parameter_counts
 from genba.model.config import PRESETS, ModelConfig, PresetError, get_preset, preset_name_of
+from genba.model.counts import build_meta, nominal_specs, parameter_counts
 
 
 def test_registry_has_the_contract_presets():

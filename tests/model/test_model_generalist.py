@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from genba.model.config import get_preset
-
 from tests.fixtures import build_model, toy_batch, toy_spec
 
 

@@ -5,7 +5,6 @@ import torch.nn.functional as F
 
 from genba.model.config import get_preset
 from genba.model.trunk import MoE
-
 from tests.fixtures import build_model, toy_batch
 
 

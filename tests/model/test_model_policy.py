@@ -8,7 +8,6 @@ from genba.model.bundle import BundleError, load_model, save_bundle
 from genba.model.config import get_preset
 from genba.model.policy import Policy, infer_chunk_many, infer_many, load_policy
 from genba.model.runtime import ChunkQueue, Execution
-
 from tests.fixtures import build_model, toy_specs, toy_stats
 
 

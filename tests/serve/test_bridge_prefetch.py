@@ -57,8 +57,8 @@ def fake_io(log: list):
     return read, write
 
 
-def drive(source, cycles: int, prefetch: PrefetchConfig = PrefetchConfig(), shield_deadline: float = 0.05):
-    cfg = BridgeConfig(period_s=0.01, shield=ShieldConfig(deadline_s=shield_deadline), prefetch=prefetch)
+def drive(source, cycles: int, prefetch: PrefetchConfig | None = None, shield_deadline: float = 0.05):
+    cfg = BridgeConfig(period_s=0.01, shield=ShieldConfig(deadline_s=shield_deadline), prefetch=prefetch or PrefetchConfig())
     fed: list = []
     written: list = []
     read, write = fake_io(written)

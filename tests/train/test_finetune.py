@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -9,11 +10,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-import argparse
-
-from genba.errors import CLIError
 from genba.data.layout import Episode, write_dataset
 from genba.data.spec import EmbodimentSpec
+from genba.errors import CLIError
 from genba.model.bundle import read_manifest
 from genba.model.policy import load_policy
 from genba.train.checkpoint import resolve_checkpoint

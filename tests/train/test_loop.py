@@ -19,7 +19,7 @@ from genba.train import trainer as T
 from genba.train.baseline import BaselineConfig, TaskEntry, train_task
 from genba.train.config import get_train_preset
 from genba.train.finetune import FinetuneConfig, default_train_config, finetune
-from genba.train.loop import Dist, LoopState, RunLength, Clock, stop_and_total
+from genba.train.loop import Clock, Dist, LoopState, RunLength, stop_and_total
 from genba.train.monitor import read_metrics
 
 DEBUG = get_train_preset("debug").replace(steps=6, ckpt_every=3, keep_last=5)

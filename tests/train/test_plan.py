@@ -12,8 +12,8 @@ import dataclasses
 import pytest
 import torch
 
-from genba.model.counts import nominal_specs, parameter_counts
 from genba.model.config import get_preset
+from genba.model.counts import nominal_specs, parameter_counts
 from genba.train import plan as P
 from genba.train import trainer as T
 from genba.train.clusters import get_cluster

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scale_dist_worker as W
 import torch
 
-import scale_dist_worker as W
 from genba.model.bundle import load_model
 from genba.train import checkpoint as ckpt
 from genba.train import trainer as T

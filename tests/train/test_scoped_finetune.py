@@ -3,12 +3,11 @@ stem and head, so old tasks stay bit-identical; routes in Policy, BatchedPolicy,
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_finetune import ARM, NEW_TASKS, TASKS, episodes, quick, world  # noqa: F401 (world: module fixture)
 
 from genba.data.layout import write_dataset
 from genba.data.transforms import RouteInstruction, TransformError
@@ -16,7 +15,6 @@ from genba.eval.rollout import load_batched_policy
 from genba.model.bundle import BundleError, bundle_routes, load_model, read_manifest, save_bundle
 from genba.model.policy import Policy, infer_many, load_policy
 from genba.train.finetune import FinetuneError, finetune
-from test_finetune import ARM, NEW_TASKS, TASKS, episodes, quick, world  # noqa: F401 (world: module fixture)
 
 MORE_TASKS = [{"id": "toy/stack", "en": "stack the cubes", "ja": "キューブを積む"},
               {"id": "toy/open", "en": "open the door", "ja": "ドアを開ける"}]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from genba.data.dataset import open_dataset
-from genba.data.windows import collate
 from genba.data.stats import aggregate_stats, compute_stats
+from genba.data.windows import collate
 from genba.model.bundle import load_model
 from genba.model.policy import load_policy
 from genba.train import checkpoint as ckpt

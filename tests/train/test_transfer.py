@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_finetune import ARM, NEW, quick, world  # noqa: F401 (world: module fixture)
 
 from genba.data.spec import EmbodimentSpec
 from genba.data.stats import compute_stats
@@ -15,7 +16,6 @@ from genba.model.generalist import build_model
 from genba.model.policy import load_policy
 from genba.train.finetune import FinetuneConfig, FinetuneError, finetune
 from genba.train.transfer import match_channels, parse_channel_map, warm_start
-from test_finetune import ARM, NEW, quick, world  # noqa: F401 (world: module fixture)
 
 
 def build(cfg, specs):

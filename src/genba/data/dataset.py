@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,9 +39,21 @@ import pyarrow.parquet as pq
 
 from genba.data import stats as S
 from genba.data.language import LANGS
-from genba.data.layout import (_ARROW_TYPES, _GENBA_KEYS, ACTION, CODEBASE_VERSION, EPISODES_PATH,
-                                GENBA_PATH, INFO_PATH, STATE, STATS_PATH, TASKS_PATH, DatasetError,
-                                EpisodeRange, feature_names)
+from genba.data.layout import (
+    _ARROW_TYPES,
+    _GENBA_KEYS,
+    ACTION,
+    CODEBASE_VERSION,
+    EPISODES_PATH,
+    GENBA_PATH,
+    INFO_PATH,
+    STATE,
+    STATS_PATH,
+    TASKS_PATH,
+    DatasetError,
+    EpisodeRange,
+    feature_names,
+)
 from genba.data.spec import PLAUSIBLE_SPANS, EmbodimentSpec, SpecError, fps_mismatch, plausible_bounds
 
 ReadTable = Callable[[Path], pa.Table]

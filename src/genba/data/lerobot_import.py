@@ -34,9 +34,18 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from genba.atomic import write_atomic
-from genba.data.layout import (ACTION, GENBA_FORMAT_VERSION, GENBA_PATH, INFO_PATH, STATE, STATS_PATH,
-                                TASKS_PATH, DatasetError, feature_names)
 from genba.data.dataset import check_info, load_json, open_dataset
+from genba.data.layout import (
+    ACTION,
+    GENBA_FORMAT_VERSION,
+    GENBA_PATH,
+    INFO_PATH,
+    STATE,
+    STATS_PATH,
+    TASKS_PATH,
+    DatasetError,
+    feature_names,
+)
 from genba.data.spec import EmbodimentSpec, SpecError
 
 DRAFT_KEY = "_draft"

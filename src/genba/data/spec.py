@@ -112,7 +112,7 @@ class EmbodimentSpec:
         return _jsonable(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EmbodimentSpec":
+    def from_dict(cls, d: dict[str, Any]) -> EmbodimentSpec:
         """Build from ``to_dict`` output; unknown or missing keys are errors."""
         if not isinstance(d, dict):
             raise SpecError(f"embodiment spec must be a JSON object, got {type(d).__name__}")
@@ -135,7 +135,7 @@ class EmbodimentSpec:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "EmbodimentSpec":
+    def from_json(cls, text: str) -> EmbodimentSpec:
         return cls.from_dict(json.loads(text))
 
 

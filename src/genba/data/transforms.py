@@ -18,8 +18,9 @@ Stats travel as plain JSON (``to_dict``/``from_dict``) inside checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,7 +185,7 @@ class TokenizeInstruction:
                 "scheme": "utf8-bytes+1"}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TokenizeInstruction":
+    def from_dict(cls, d: Mapping[str, Any]) -> TokenizeInstruction:
         if d.get("scheme", "utf8-bytes+1") != "utf8-bytes+1":
             raise TransformError(f"unknown tokenizer scheme {d.get('scheme')!r}")
         return cls(max_len=int(d["max_len"]))
@@ -228,7 +229,7 @@ class RouteInstruction:
         entry = self.entry(sample["embodiment"], sample["instruction"])
         return sample if entry == sample["embodiment"] else {**sample, "embodiment": entry}
 
-    def merge(self, other: "RouteInstruction") -> "RouteInstruction":
+    def merge(self, other: RouteInstruction) -> RouteInstruction:
         """Both tables in one; a pair routed to two different entries raises TransformError."""
         for key, entry in other.routes.items():
             if self.routes.get(key, entry) != entry:
@@ -241,7 +242,7 @@ class RouteInstruction:
         return {"type": "RouteInstruction", "routes": rows}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "RouteInstruction":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> RouteInstruction:
         if d is None:
             return cls()
         if not isinstance(d, Mapping) or not isinstance(d.get("routes"), list):

@@ -21,15 +21,16 @@ because shapes differ between embodiments.
 from __future__ import annotations
 
 import bisect
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
-from genba.data.language import LANGS, TRAIN_LANGS
 from genba.data.dataset import Dataset
+from genba.data.language import LANGS, TRAIN_LANGS
 
 Transform = Callable[[dict], dict]
 

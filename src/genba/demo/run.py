@@ -32,9 +32,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from genba.atomic import write_atomic
 from genba.data.language import LANGS
@@ -335,11 +335,11 @@ def stage_evaluate(demo: Demo) -> dict:
 
 def stage_governance(demo: Demo) -> dict:
     """Attempts that must be refused, then the audit log and the checkpoint's lineage."""
-    from genba.govern import admin
-    from genba.govern.consortium import Consortium
     from genba.demo.report import audit_counts
-    from genba.govern.lineage import model_card, read_checkpoint_lineage, verify_lineage
+    from genba.govern import admin
     from genba.govern.access import GovernanceError, governed_access, refusal
+    from genba.govern.consortium import Consortium
+    from genba.govern.lineage import model_card, read_checkpoint_lineage, verify_lineage
 
     all_dirs = [d["governed"] for d in demo.datasets()]
     automaker = [d["governed"] for d in demo.datasets() if d["owner"] == "automaker"]

@@ -16,7 +16,6 @@ import json
 import shutil
 from pathlib import Path
 
-
 SERVE_TASK = "drive/pmsm-current"
 PERIOD_S = 0.01
 CYCLE_RT, MACHINE_RT, SERVER_NICE = 20, 10, -5  # SCHED_FIFO priorities and a nice (see docs/safety.md)
@@ -25,6 +24,7 @@ CYCLE_RT, MACHINE_RT, SERVER_NICE = 20, 10, -5  # SCHED_FIFO priorities and a ni
 async def serve_and_bridge(ckpt: Path, out: Path, seconds: float, console) -> dict:
     """Policy server (HTTP/websocket, token auth) + simulated machine (OPC UA, SignAndEncrypt) + bridge."""
     import numpy as np
+
     from genba.client import PolicyClient
     from genba.envs.registry import get_task
     from genba.serve.auth import TokenStore

@@ -95,8 +95,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from genba.errors import CLIError
     from genba.envs.collect import CollectConfig, collect, noise_levels
+    from genba.errors import CLIError
 
     tasks = _resolve(args.tasks)
     try:

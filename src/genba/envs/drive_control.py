@@ -13,8 +13,8 @@ PI experts: docs/machines.md#drive-experts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

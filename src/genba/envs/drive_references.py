@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _profile_generator_class() -> type:
     """:class:`ProfileReferenceGenerator`'s class, built on first use (it subclasses GEM's)."""
     from gym_electric_motor.core import ReferenceGenerator

@@ -15,8 +15,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -55,7 +56,7 @@ class Task:
     def embodiment(self) -> str:
         return self.spec.name
 
-    def stop_rule(self, *, evaluating: bool = False) -> "StopRule":
+    def stop_rule(self, *, evaluating: bool = False) -> StopRule:
         """This task's stop rule for a collector, or (``evaluating``) for an evaluator."""
         if self.stop_after_success is None:
             return StopRule(None)
@@ -81,7 +82,7 @@ class StopRule:
 
     hold: int | None = None
 
-    def judge(self) -> "Verdict":
+    def judge(self) -> Verdict:
         """A fresh verdict for one episode."""
         return Verdict(self)
 

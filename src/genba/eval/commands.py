@@ -15,9 +15,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from genba.errors import CLIError
 from genba.configflags import add_config_flags, given_values
 from genba.data.language import LANGS
+from genba.errors import CLIError
 from genba.model.config import EXECUTE_CHOICES
 
 # --help of each EvalConfig field (the config lives in genba.eval.rollout)

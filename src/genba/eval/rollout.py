@@ -19,18 +19,19 @@ transforms, history, routes and chunk execution, one model call for all N.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from genba.data.language import LANGS
 from genba.data.transforms import RouteInstruction
 from genba.envs import registry
 from genba.envs.seeds import eval_seed
 from genba.eval.metrics import EpisodeResult, count_violations
-from genba.data.language import LANGS
 from genba.model.config import EXECUTE_CHOICES
 from genba.model.runtime import Execution, model_runtime
 
@@ -255,7 +256,14 @@ def evaluate(cfg: EvalConfig, out_dir: str | os.PathLike | None = None, *, progr
 
     Returns the results document (``genba.eval.report.build_results``).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from genba.eval.report import build_results, write_report
 

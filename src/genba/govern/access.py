@@ -21,13 +21,21 @@ import pyarrow.parquet as pq
 from genba.govern import audit as audit_mod
 from genba.govern.consortium import Consortium, default_home
 from genba.govern.encryption import Decryptor
-from genba.govern.errors import (AccessDenied, ConsortiumError, FileHashMismatch, GovernanceError, KeyUnavailable,
-                                 ManifestError, SiteClaimError, WrongOwnerKey)
+from genba.govern.errors import (
+    AccessDenied,
+    ConsortiumError,
+    FileHashMismatch,
+    GovernanceError,
+    KeyUnavailable,
+    ManifestError,
+    SiteClaimError,
+    WrongOwnerKey,
+)
 from genba.govern.kms import KeyStore, LocalKeyStore
 from genba.govern.manifest import MANIFEST_PATH, Manifest, read_manifest
 from genba.govern.policy import PolicyEngine, Request
-from genba.govern.sites import load_claim, verify_claim
 from genba.govern.signing import sha256_hex
+from genba.govern.sites import load_claim, verify_claim
 from genba.govern.witness import default_witness
 
 

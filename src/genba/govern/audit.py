@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from genba.govern import merkle, signing
 from genba.govern.errors import AuditIntegrityError

@@ -55,7 +55,7 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: dict) -> Manifest:
         try:
             return cls(**{**d, "purposes": tuple(d["purposes"]), "files": dict(d["files"])})
         except (TypeError, KeyError) as e:

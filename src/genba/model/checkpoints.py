@@ -17,8 +17,9 @@ import hashlib
 import json
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch.distributed as dist
 

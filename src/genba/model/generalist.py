@@ -23,7 +23,7 @@ docs/concepts.md#the-generalist. Built under ``torch.device("meta")``, then
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

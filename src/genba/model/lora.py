@@ -23,7 +23,7 @@ Single-device model code, like the rest of ``genba.model``.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ class Policy:
 
     _embodiment = entry  # the former private name (tests/train reads it)
 
-    def fork(self) -> "Policy":
+    def fork(self) -> Policy:
         """Another control stream (a server session): the same model, runtime, execution and seed, its own
         history, chunk queue and sampler."""
         other = copy.copy(self)

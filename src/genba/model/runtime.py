@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class Execution:
     ensemble_m: float = 0.1
 
     @classmethod
-    def make(cls, execute: str, replan_every: int | None, ensemble_m: float, chunk: int) -> "Execution":
+    def make(cls, execute: str, replan_every: int | None, ensemble_m: float, chunk: int) -> Execution:
         """Checked; ``replan_every`` defaults to half the chunk."""
         if execute not in EXECUTE_MODES:
             raise ValueError(f"execute {execute!r}: expected one of {EXECUTE_MODES}")

@@ -239,7 +239,7 @@ FAST_PATH_MAX_NUMEL = 50_000_000
 FAST_DTYPES = (torch.float32, torch.float64)  # complex rotary needs complex64/128
 # Trunk -> (modules, weight versions, weights, fused layers or None); outside the
 # module so state_dict, deepcopy and pickling never see it.
-_FAST_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FAST_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 class FastLayer(NamedTuple):
@@ -275,7 +275,7 @@ def _interleave_pairs(w: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
     return w.reshape(heads, 2, hd // 2, -1).transpose(1, 2).reshape(heads * hd, -1)
 
 
-def build_fast_layer(block: "Block") -> FastLayer | None:
+def build_fast_layer(block: Block) -> FastLayer | None:
     """Fused weights of one block, or None when a layer is not a plain linear (e.g. active LoRA)."""
     attn = block.attn
     wq, wkv, wo = (_plain_weight(m) for m in (attn.wq, attn.wkv, attn.wo))
@@ -294,7 +294,7 @@ def build_fast_layer(block: "Block") -> FastLayer | None:
                      block.ffn_norm.weight, gate_up, down)
 
 
-def fast_block(layer: "Block", f: FastLayer, x: torch.Tensor, B: int, T: int, rot: torch.Tensor,
+def fast_block(layer: Block, f: FastLayer, x: torch.Tensor, B: int, T: int, rot: torch.Tensor,
                keep: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``Block.forward`` on rows x (B*T, D) from fused weights; with ``keep`` only the last ``keep``
     tokens of each sequence come out (B*keep, D) (they still attend to all T)."""

@@ -9,7 +9,8 @@ checkpoint is loaded.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class GenbaBackend(PolicyBackend):
         self.policy, self.model, self.device = policy, policy.model, policy.device
 
     @classmethod
-    def load(cls, checkpoint_dir: str, **policy_kwargs) -> "GenbaBackend":
+    def load(cls, checkpoint_dir: str, **policy_kwargs) -> GenbaBackend:
         import hashlib
         from pathlib import Path
 

@@ -49,7 +49,7 @@ def _write(directory: Path, name: str, key, cert: x509.Certificate) -> CertFiles
 def make_ca(directory: str | os.PathLike, name: str = "ca", days: int = 3650) -> CertFiles:
     """A self-signed certificate authority (RSA 2048, SHA-256)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(_name(f"genba {name}")).issuer_name(_name(f"genba {name}"))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
@@ -75,7 +75,7 @@ def issue_cert(directory: str | os.PathLike, name: str, app_uri: str, *, ca_dir:
     """A key and certificate for ``name`` whose subjectAltName holds ``app_uri`` and ``hosts``,
     signed by the CA in ``ca_dir`` (default: ``directory``), or self-signed (e.g. a rogue client)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if self_signed:
         ca_key, issuer = key, _name(name)
     else:

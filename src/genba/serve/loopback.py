@@ -13,8 +13,8 @@ import asyncio
 import multiprocessing as mp
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

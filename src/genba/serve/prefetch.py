@@ -35,8 +35,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class ChunkPrefetcher:
         self.latency_ms: list[float] = []  # per answered request
         self.last_error: str | None = None
 
-    def start(self) -> "ChunkPrefetcher":
+    def start(self) -> ChunkPrefetcher:
         self._thread = threading.Thread(target=self._work, name="genba-prefetch", daemon=True)
         self._thread.start()
         return self
@@ -101,7 +102,7 @@ class ChunkPrefetcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def __enter__(self) -> "ChunkPrefetcher":
+    def __enter__(self) -> ChunkPrefetcher:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -40,8 +40,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from genba.data.spec import EmbodimentSpec
-from genba.serve.api import (EstopResponse, HealthResponse, InferRequest, InferResponse, MetadataResponse,
-                             Observation, ResetResponse, ServeError, SessionRequest, errors, infer_examples)
+from genba.serve.api import (
+    EstopResponse,
+    HealthResponse,
+    InferRequest,
+    InferResponse,
+    MetadataResponse,
+    Observation,
+    ResetResponse,
+    ServeError,
+    SessionRequest,
+    errors,
+    infer_examples,
+)
 from genba.serve.auth import Principal, TokenStore, bearer
 from genba.serve.backends import Backend
 from genba.serve.sessions import Session, SessionTable
@@ -92,7 +103,7 @@ class MicroBatcher:
             while len(batch) < self.max_batch and (left := end - loop.time()) > 0:
                 try:
                     batch.append(await asyncio.wait_for(queue.get(), left))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             t0 = time.perf_counter()
             try:

@@ -20,14 +20,13 @@ import logging
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from genba.data.spec import EmbodimentSpec
-from genba.serve.shield_law import (Axis, advance, brake_jerk, build_axes, build_derivative_limits, track_jerk,
-                                    viable)
+from genba.serve.shield_law import Axis, advance, brake_jerk, build_axes, build_derivative_limits, track_jerk, viable
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,9 @@ import os
 import random
 import shutil
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +77,7 @@ from genba.model.checkpoints import (  # noqa: F401  (re-exported: the trainer's
     step_name,
     verify_files,
 )
+
 
 # ---- process helpers -------------------------------------------------------
 def _barrier() -> None:

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from genba.configflags import add_config_flags, given_values
 from genba.errors import CLIError

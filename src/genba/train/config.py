@@ -82,7 +82,7 @@ class TrainConfig:
         if (self.tp > 1 or self.ep > 1) and self.dist != "fsdp":
             raise TrainConfigError(f"train config {self.name!r}: tp={self.tp}, ep={self.ep} need dist='fsdp'")
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A validated copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
@@ -92,7 +92,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

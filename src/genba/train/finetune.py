@@ -32,15 +32,26 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from genba.errors import CLIError
-from genba.train.finetune_data import (STATS_POLICIES, FinetuneError, build_data, choose_stats, open_data,
-                                       plan_embodiments, read_spec_file, routed_entry, routes_for, scope_entries)
+from genba.train.finetune_data import (
+    STATS_POLICIES,
+    FinetuneError,
+    build_data,
+    choose_stats,
+    open_data,
+    plan_embodiments,
+    read_spec_file,
+    routed_entry,
+    routes_for,
+    scope_entries,
+)
 from genba.train.transfer import parse_channel_map, plan_warm_start, warm_start
 
 MODES = ("frozen-trunk", "lora", "full")
@@ -219,8 +230,8 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
 
 def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, *, spec, replay, read_table,
               lineage, progress: bool, origin: float | None = None) -> FinetuneResult:
-    from genba.device import default_device
     from genba.data.transforms import Normalize
+    from genba.device import default_device
     from genba.model.bundle import bundle_routes, bundle_stats, load_model
     from genba.train.checkpoint import resolve_checkpoint
 

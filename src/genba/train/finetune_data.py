@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -199,8 +199,8 @@ def build_data(datasets: list, replay: list, stats: dict, mode: str, cfg, model_
     ``route`` (a RouteInstruction) keys each dataset's samples to the model entry its instructions route to;
     ``entry_specs`` holds the specs of task-scoped entries.
     """
-    from genba.data.windows import MixedDataset, WindowDataset
     from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstruction
+    from genba.data.windows import MixedDataset, WindowDataset
     from genba.train.trainer import TrainData
 
     tc = cfg.train

@@ -13,8 +13,20 @@ import argparse
 
 from genba.model.config import get_preset
 from genba.train.clusters import CLUSTERS, GIB, Cluster, get_cluster
-from genba.train.plan import (EXPERTS, TP_SHARDED, WHY_ON_PREM, Budget, ModelFacts, Plan, describe,
-                              flops_per_token, parse_layout, plan_layout, search, serving)
+from genba.train.plan import (
+    EXPERTS,
+    TP_SHARDED,
+    WHY_ON_PREM,
+    Budget,
+    ModelFacts,
+    Plan,
+    describe,
+    flops_per_token,
+    parse_layout,
+    plan_layout,
+    search,
+    serving,
+)
 
 
 def _gib(x: float) -> str:

@@ -21,18 +21,19 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from genba.data.dataset import open_dataset
-from genba.data.windows import MixedDataset, WindowDataset, mixed_sampler
 from genba.data.spec import diff_specs
 from genba.data.transforms import Normalize, TokenizeInstruction, compose, stats_by_embodiment
+from genba.data.windows import MixedDataset, WindowDataset, mixed_sampler
 from genba.device import default_device, distributed_backend
 from genba.model.bundle import save_bundle
 from genba.model.config import ModelConfig, get_preset

@@ -18,15 +18,21 @@ docs/machines.md#electric-drives.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 
 from genba.data.spec import EmbodimentSpec, SafetyLimits
-from genba.envs.drive_control import (DcCurrentController, DcParams, DqCurrentController, PmsmParams,
-                                      SpeedController, load_torque)
+from genba.envs.drive_control import (
+    DcCurrentController,
+    DcParams,
+    DqCurrentController,
+    PmsmParams,
+    SpeedController,
+    load_torque,
+)
 from genba.envs.drive_references import ProfileReferenceGenerator, step_ramp_profile
 from genba.envs.registry import Task, register
 
@@ -422,7 +428,7 @@ _DESCRIPTION = {
 _EXPERTS = {"pmsm": PmsmExpert, "dc": DcExpert}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def machine_spec(name: str) -> EmbodimentSpec:
     """The shared spec of machine ``name`` (built from its current-control task's env)."""
     task = next(t for t in DRIVE_TASKS if t.machine.name == name)

@@ -137,7 +137,7 @@ DESCRIPTION = ("Externally (separately) excited DC motor (gym-electric-motor 3.0
                "starts de-energized. Speed task: free shaft, field held at 97 A.")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exdc_spec() -> EmbodimentSpec:
     """The spec shared by both tasks (no GEM import: limits from :data:`EXDC`)."""
     spec = build_spec(EXDC_TASKS[0], SAFETY, DESCRIPTION)
