@@ -58,7 +58,8 @@ def fake_io(log: list):
 
 
 def drive(source, cycles: int, prefetch: PrefetchConfig | None = None, shield_deadline: float = 0.05):
-    cfg = BridgeConfig(period_s=0.01, shield=ShieldConfig(deadline_s=shield_deadline), prefetch=prefetch or PrefetchConfig())
+    prefetch = prefetch or PrefetchConfig()
+    cfg = BridgeConfig(period_s=0.01, shield=ShieldConfig(deadline_s=shield_deadline), prefetch=prefetch)
     fed: list = []
     written: list = []
     read, write = fake_io(written)
