@@ -47,13 +47,41 @@ class SafetyLimits:
     keepout_boxes: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...] = ()
 
 
+#: What an observation entry is (``EmbodimentSpec.obs_roles``): the machine's own sensing, a command the
+#: task hands the machine (a target, a reference: a controller has it too), or simulator-only ground truth
+#: (an object's pose: never fed to a deployable policy, so never recorded in ``pixels`` mode).
+OBS_ROLES = ("sensor", "command", "sim")
+#: ``state``: the simulator's full observation, as before cameras; ``pixels``: own sensing + commands + cameras.
+OBS_MODES = ("state", "pixels")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One camera: stored as the feature ``observation.images.<name>`` (uint8, height x width x 3)."""
+
+    name: str
+    height: int
+    width: int
+    source: str  # the simulator camera it renders (a MuJoCo camera name), or a device id on a real cell
+
+    @property
+    def feature(self) -> str:
+        return f"observation.images.{self.name}"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 3)
+
+
 @dataclass(frozen=True)
 class EmbodimentSpec:
     """Everything the stack needs to know about one machine.
 
     ``action_meaning`` is free text but conventional values are
     ``"end-effector delta"``, ``"joint velocity"``, ``"phase voltages"`` and
-    ``"armature voltage"``.
+    ``"armature voltage"``. ``obs_roles`` (one of :data:`OBS_ROLES` per
+    observation entry; empty = all ``sensor``) and ``cameras`` say what a
+    deployable policy may see; ``obs_mode`` says how a dataset was recorded.
     """
 
     name: str
@@ -70,6 +98,9 @@ class EmbodimentSpec:
     action_meaning: str
     description: str = ""
     safety: SafetyLimits = field(default_factory=SafetyLimits)
+    obs_roles: tuple[str, ...] = ()
+    cameras: tuple[CameraSpec, ...] = ()
+    obs_mode: str = "state"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,6 +117,16 @@ class EmbodimentSpec:
     @property
     def fps(self) -> float:
         return 1.0 / self.control_period
+
+    def role(self, i: int) -> str:
+        """The role of observation entry ``i`` (``sensor`` when the spec names none)."""
+        return self.obs_roles[i] if self.obs_roles else "sensor"
+
+    def camera(self, name: str) -> CameraSpec:
+        for c in self.cameras:
+            if c.name == name:
+                return c
+        raise SpecError(f"spec {self.name!r} has no camera {name!r}; its cameras: {[c.name for c in self.cameras]}")
 
     # ---- checks --------------------------------------------------------
     def validate(self) -> None:
@@ -106,6 +147,7 @@ class EmbodimentSpec:
             raise SpecError(f"spec {self.name!r}: control_period must be a positive number of seconds, "
                             f"got {self.control_period!r}")
         _check_safety(self)
+        _check_views(self)
 
     # ---- serialization -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +166,10 @@ class EmbodimentSpec:
         try:
             safety = kw.pop("safety", None) or {}
             safety = SafetyLimits(**_tupleize(safety))
+            cams = kw.pop("cameras", None) or []
+            if not isinstance(cams, list) or not all(isinstance(c, dict) for c in cams):
+                raise SpecError("embodiment spec: cameras must be a list of objects")
+            kw["cameras"] = tuple(CameraSpec(**c) for c in cams)
             kw = {k: _tupleize(v) if isinstance(v, list) else v for k, v in kw.items()}
             kw["obs_low"] = tuple(float(x) for x in kw["obs_low"])
             kw["obs_high"] = tuple(float(x) for x in kw["obs_high"])
@@ -239,6 +285,35 @@ def _check_safety(spec: EmbodimentSpec) -> None:
         a, b = s.ee_obs_slice
         if not (0 <= a < b <= spec.obs_dim and b - a == 3):
             raise SpecError(f"spec {spec.name!r}: safety.ee_obs_slice must select 3 observation entries")
+
+
+def _check_views(spec: EmbodimentSpec) -> None:
+    """Observation roles, cameras and the recording mode (see OBS_ROLES, CameraSpec, OBS_MODES)."""
+    if spec.obs_roles:
+        if len(spec.obs_roles) != spec.obs_dim:
+            raise SpecError(f"spec {spec.name!r}: obs_roles has {len(spec.obs_roles)} entries, obs_dim is "
+                            f"{spec.obs_dim}")
+        bad = sorted({r for r in spec.obs_roles if r not in OBS_ROLES})
+        if bad:
+            raise SpecError(f"spec {spec.name!r}: obs_roles {bad} unknown; expected {OBS_ROLES}")
+    if spec.obs_mode not in OBS_MODES:
+        raise SpecError(f"spec {spec.name!r}: obs_mode {spec.obs_mode!r}; expected one of {OBS_MODES}")
+    names = [c.name for c in spec.cameras]
+    if len(set(names)) != len(names):
+        raise SpecError(f"spec {spec.name!r}: duplicate camera names {names}")
+    for c in spec.cameras:
+        if not c.name or not c.name.replace("_", "").isalnum():
+            raise SpecError(f"spec {spec.name!r}: camera name {c.name!r} must be an identifier")
+        if not (isinstance(c.height, int) and isinstance(c.width, int) and 8 <= c.height <= 4096
+                and 8 <= c.width <= 4096):
+            raise SpecError(f"spec {spec.name!r}: camera {c.name!r} size {c.height}x{c.width}: expected integers "
+                            "between 8 and 4096")
+    if spec.obs_mode == "pixels":
+        if not spec.cameras:
+            raise SpecError(f"spec {spec.name!r}: obs_mode 'pixels' needs at least one camera")
+        if "sim" in spec.obs_roles:
+            raise SpecError(f"spec {spec.name!r}: obs_mode 'pixels' records no simulator-only entries, but "
+                            f"{[n for n, r in zip(spec.obs_names, spec.obs_roles) if r == 'sim']} are")
 
 
 def _tupleize(x: Any) -> Any:
