@@ -78,7 +78,7 @@ def info_block(cfg: VideoConfig, height: int, width: int, fps: int) -> dict[str,
 def _quiet() -> None:
     import av
 
-    av.logging.set_level(av.logging.ERROR)  # svt-av1 prints its banner at INFO
+    av.logging.set_level(av.logging.FATAL)  # errors become DatasetErrors naming the file; svt-av1 banners are INFO
     logging.getLogger("libav").setLevel(logging.ERROR)
 
 
