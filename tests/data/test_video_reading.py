@@ -185,3 +185,17 @@ def test_collate_mixes_camera_and_cameraless(source, tmp_path):
     assert set(batch) == {"cam", "drive"}
     assert batch["cam"]["images"]["corner2"].shape == (3, 2, 64, 64, 3)
     assert "images" not in batch["drive"] and batch["drive"]["observation.state"].shape == (2, 2, 3)
+
+
+def test_governed_store_gets_no_plaintext_cache(cam_ds):
+    root, _, _ = cam_ds
+    (root / "meta/manifest.json").write_text("{}")  # what genba.govern writes into an ingested copy
+    open_dataset(root)
+    assert not (root / ".cache").exists()
+
+
+def test_draft_spec_drafts_cameras(source):
+    from genba.data.lerobot_import import draft_spec
+
+    root, spec, _ = source
+    assert draft_spec(root)["cameras"] == [{"name": "corner2", "height": 64, "width": 64, "source": "corner2"}]

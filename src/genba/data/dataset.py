@@ -23,8 +23,7 @@ missing, truncated or unreadable, holds a frame count other than the parquet
 rows of its episodes, or frames of another size than the spec's; a camera the
 spec names but ``info.json`` or the episodes parquet lack is refused too.
 ``Dataset.images[camera]`` is a :class:`~genba.data.frame_cache.FrameStore`
-row-aligned with ``observation``. Video features the spec does not name (a
-LeRobot dataset imported state-only) are listed in ``info.json`` and ignored.
+row-aligned with ``observation``. Video features the spec does not name are ignored.
 
 Two hooks, so the governance layer can authorize, audit and decrypt every file:
 
@@ -35,9 +34,8 @@ Two hooks, so the governance layer can authorize, audit and decrypt every file:
   the clear. ``PermissionError`` from either hook passes through unchanged (a
   refusal is not corruption); ``OSError`` becomes a :class:`DatasetError`.
 
-Datasets here are small, so all state/action frames are loaded once into numpy
-arrays; camera frames are memory-mapped from the cache (``cache_dir``, default
-``$GENBA_CACHE/frames`` or ``<dataset>/.cache/frames``).
+State/action frames are loaded once into numpy arrays; camera frames are
+memory-mapped from the cache (default ``$GENBA_CACHE/frames`` or ``<dataset>/.cache/frames``).
 """
 
 from __future__ import annotations
@@ -76,6 +74,7 @@ from genba.data.spec import PLAUSIBLE_SPANS, EmbodimentSpec, SpecError, fps_mism
 
 ReadTable = Callable[[Path], pa.Table]
 ReadBytes = Callable[[Path], bytes]
+GOVERNED_MARK = "meta/manifest.json"  # written by genba.govern into an ingested (encrypted) copy
 _INFO_KEYS = ("codebase_version", "robot_type", "total_episodes", "total_frames", "total_tasks",
               "chunks_size", "fps", "data_path", "features")
 
@@ -171,7 +170,9 @@ def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None, *
     episodes = _check_ranges(root, info, eps_table, files, cols, tasks, genba)
     _check_values(files, rows_per_file, cols, features, spec)
     stats = _load_stats(root, spec)
-    cache = FrameCache(default_cache_dir(root) if cache_dir == "auto" else cache_dir)
+    if cache_dir == "auto":  # a governed store (signed manifest) never gets a plaintext cache beside it
+        cache_dir = None if (root / GOVERNED_MARK).is_file() else default_cache_dir(root)
+    cache = FrameCache(cache_dir)
     images, videos = {}, []
     for cam in spec.cameras:
         images[cam.name], paths = VL.load_camera(root, info, cam, eps_table, read_bytes or Path.read_bytes, cache)
