@@ -45,17 +45,17 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genba.data import stats as S
+from genba.data import video_layout as VL
+from genba.data.errors import DatasetError
 from genba.data.spec import EmbodimentSpec
-
-if TYPE_CHECKING:
-    from genba.data.video import VideoConfig
+from genba.data.video import DEFAULT_VIDEO, VideoConfig
 
 CODEBASE_VERSION = "v3.0"
 DEFAULT_CHUNKS_SIZE = 1000  # files per chunk directory (LeRobot's default)
@@ -80,10 +80,6 @@ _ARROW_TYPES = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.in
                 "int32": pa.int32(), "bool": pa.bool_()}
 
 ReadTable = Callable[[Path], pa.Table]
-
-
-class DatasetError(ValueError):
-    """A dataset (or writer input) that is incomplete, inconsistent or malformed."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +153,6 @@ def write_dataset(root: str | os.PathLike, episodes: Iterable[Episode], spec: Em
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         sizes = (data_files_size_in_mb * 2**20, video_files_size_in_mb * 2**20)
-        from genba.data.video import DEFAULT_VIDEO
-
         _write_tree(tmp, eps, spec, task_list, extra, chunks_size, sizes, video or DEFAULT_VIDEO)
         _commit(tmp, root, overwrite)
     except BaseException:
@@ -252,11 +246,9 @@ def _check_images(i: int, ep: Episode, spec: EmbodimentSpec, t: int) -> dict[str
 
 def _features(spec: EmbodimentSpec, cfg: VideoConfig | None = None) -> dict[str, dict[str, Any]]:
     """``info.json`` features in LeRobot's order: state, cameras (``cfg`` given), action, index columns."""
-    from genba.data.video_layout import video_feature
-
     feats = {STATE: {"dtype": "float32", "shape": [spec.obs_dim], "names": list(spec.obs_names)}}
     for cam in spec.cameras if cfg is not None else ():
-        feats[cam.feature] = video_feature(cam, lerobot_fps(spec), cfg)
+        feats[cam.feature] = VL.video_feature(cam, lerobot_fps(spec), cfg)
     feats[ACTION] = {"dtype": "float32", "shape": [spec.action_dim], "names": list(spec.action_names)}
     for name, dtype in INDEX_FEATURES:
         feats[name] = {"dtype": dtype, "shape": [1], "names": None}
@@ -360,8 +352,6 @@ def _write_grouped(root: Path, template: str, tables: Sequence[pa.Table],
 
 def _write_tree(root: Path, eps: list[Episode], spec: EmbodimentSpec, tasks: list[dict],
                 extra: dict, chunks_size: int, sizes: tuple[float, float], cfg: VideoConfig) -> None:
-    from genba.data import video_layout as VL
-
     limit_bytes, video_bytes = sizes
     features, fps = _features(spec, cfg), lerobot_fps(spec)
     columns = {k: ft for k, ft in features.items() if ft["dtype"] != "video"}  # the data parquet's
@@ -408,8 +398,6 @@ def _write_tree(root: Path, eps: list[Episode], spec: EmbodimentSpec, tasks: lis
 
 
 def _episodes_schema(features: Mapping[str, Mapping[str, Any]], videos: Sequence[str] = ()) -> pa.Schema:
-    from genba.data import video_layout as VL
-
     i64 = pa.int64()
     fields = [pa.field("episode_index", i64), pa.field("tasks", pa.list_(pa.string())),
               pa.field("length", i64), pa.field("data/chunk_index", i64), pa.field("data/file_index", i64),
@@ -432,8 +420,6 @@ def _write_episodes_meta(root: Path, eps: list[Episode], tasks: list[dict], star
                          features: Mapping[str, Any], chunks_size: int, limit_bytes: float,
                          videos: Mapping[str, list]) -> None:
     """One row per episode, built column-wise (fast for thousands of episodes)."""
-    from genba.data import video_layout as VL
-
     schema = _episodes_schema(features, list(videos))
     n = len(eps)
     # Size each row by its stats payload so huge datasets still split files.

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from genba.data.layout import DatasetError
+from genba.data.errors import DatasetError
 
 
 @dataclass(frozen=True)

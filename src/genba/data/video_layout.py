@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 
 from genba.data import stats as S
+from genba.data.errors import DatasetError
 from genba.data.frame_cache import FrameCache, FrameStore
-from genba.data.layout import DatasetError
 from genba.data.spec import CameraSpec, EmbodimentSpec
 from genba.data.video import VideoConfig, VideoWriter, info_block
 
