@@ -142,8 +142,12 @@ def test_a_nan_in_the_source_is_refused_at_import(plain, tmp_path):
 def test_a_camera_feature_is_listed_but_not_loaded(plain, tmp_path):
     cam = {"dtype": "video", "shape": [64, 64, 3], "names": ["height", "width", "channels"]}
     edit_json(plain / "meta/info.json", lambda d: d["features"].update({"observation.images.top": cam}))
-    res = import_lerobot(plain, _reviewed(draft_spec(plain)), out=tmp_path / "o")
+    draft = draft_spec(plain)
+    assert draft["cameras"] == [{"name": "top", "height": 64, "width": 64, "source": "top"}]
+    res = import_lerobot(plain, _reviewed(draft, cameras=()), out=tmp_path / "o")  # state-only: camera left out
     assert open_dataset(res.root).observation.shape == (2000, 39)
+    with pytest.raises(DatasetError, match="has cameras but no 'video_path'"):  # this fixture has no videos
+        import_lerobot(plain, _reviewed(draft), out=tmp_path / "o2")
 
 
 def test_spec_file_errors_name_the_file(tmp_path):

@@ -46,7 +46,7 @@ from genba.data.layout import (
     DatasetError,
     feature_names,
 )
-from genba.data.spec import EmbodimentSpec, SpecError
+from genba.data.spec import CameraSpec, EmbodimentSpec, SpecError
 
 DRAFT_KEY = "_draft"
 DEFAULT_MARGIN = 0.1  # draft limits: the data's [min, max] widened by this fraction of its span on each side
@@ -222,15 +222,28 @@ def draft_spec(src: str | os.PathLike, *, name: str | None = None, margin: float
         action_names=tuple(parts[ACTION][0]), action_units=("unknown",) * len(parts[ACTION][0]),
         action_low=parts[ACTION][1], action_high=parts[ACTION][2],
         control_period=1.0 / fps, action_meaning="unknown",
-        description=f"drafted by `genba data draft-spec` from {src}")
+        description=f"drafted by `genba data draft-spec` from {src}", cameras=_draft_cameras(feats))
+    cams = {c.feature for c in spec.cameras}
     others = sorted(k for k in feats if k not in (STATE, ACTION, "timestamp", "frame_index", "episode_index",
-                                                  "index", "task_index"))
+                                                  "index", "task_index") and k not in cams)
     note = (f"DRAFT from {src}: limits are the data's min/max widened by {margin:g} of their span; set the real "
             "units, limits and action_meaning, add safety limits (rates etc.) before serving a model on this machine, "
             f"then delete this key (genba data import-lerobot refuses a spec that still has it)")
     if others:
         note += f"; features not in a spec, left out of training: {others}"
     return {DRAFT_KEY: note, **spec.to_dict()}
+
+
+def _draft_cameras(feats: dict) -> tuple[CameraSpec, ...]:
+    """Every RGB video feature ``observation.images.<name>`` as a camera of its size (source: its name)."""
+    out = []
+    for key, ft in feats.items():
+        name = key.removeprefix("observation.images.")
+        shape = ft.get("shape") if isinstance(ft, dict) else None
+        if (ft.get("dtype") == "video" and key.startswith("observation.images.") and name.replace("_", "").isalnum()
+                and isinstance(shape, list) and len(shape) == 3 and shape[2] == 3):
+            out.append(CameraSpec(name, int(shape[0]), int(shape[1]), name))
+    return tuple(out)
 
 
 def _draft_limits(src: Path, stats: dict, key: str, dim: int, margin: float) -> tuple[tuple, tuple]:
