@@ -142,3 +142,16 @@ def test_export_writes_the_decrypted_video(vworld, tmp_path):
     written = acc.export_to(vworld.ds("a-cam"), tmp_path / "out")
     assert tmp_path / "out" / VIDEO_FILE in written
     assert (tmp_path / "out" / VIDEO_FILE).read_bytes() == VIDEO
+
+
+def test_ingest_leaves_the_decoded_frame_cache_behind(world):
+    """The member's own cache of decoded frames (plaintext, next to its dataset) never enters the governed copy."""
+    from govern_world import write_plain
+
+    src = write_plain(world.tmp / "plain" / "cached", seed=4, video=VIDEO)
+    (src / ".cache" / "frames").mkdir(parents=True)
+    (src / ".cache" / "frames" / "0abc.u8").write_bytes(b"decoded plaintext-marker frames")
+    admin.ingest(world.c, src, world.ds("cached"), owner="a", dataset_id="cached", classification="internal",
+                 purposes=("pretraining",))
+    assert not (world.ds("cached") / ".cache").exists()
+    assert not any(k.startswith(".") for k in _manifest_files(world.ds("cached")))

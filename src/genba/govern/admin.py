@@ -74,7 +74,7 @@ def ingest(consortium: Consortium, src: str | Path, dest: str | Path, *, owner: 
     store.create_key(owner)
     tmp = dest.with_name(dest.name + ".ingest-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    files = [p for p in sorted(src.rglob("*")) if p.is_file() and p.relative_to(src).as_posix() != "meta/manifest.json"]
+    files = _dataset_files(src)
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"encrypting {src.name}", total=len(files))
         for p in files:
@@ -100,6 +100,20 @@ def ingest(consortium: Consortium, src: str | Path, dest: str | Path, *, owner: 
     _record(consortium, {"kind": "ingest", "dataset": dataset_id, "owner": owner, "manifest": manifest.digest,
                          "files": len(manifest.files), "decision": "allow", "policy_ids": [], "reason": "ingested"})
     return manifest
+
+
+def _dataset_files(src: Path) -> list[Path]:
+    """The files ``ingest`` encrypts or copies: the dataset's own, never a hidden path.
+
+    Hidden paths are local state, not data: above all ``.cache/frames/`` (genba.data.frame_cache),
+    the decoded camera frames in the clear, which a governed copy must not carry.
+    """
+    out = []
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if p.is_file() and rel.as_posix() != "meta/manifest.json" and not any(x.startswith(".") for x in rel.parts):
+            out.append(p)
+    return out
 
 
 def _embodiment_name(root: Path) -> str:
