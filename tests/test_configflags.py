@@ -147,7 +147,7 @@ def test_train_needs_data_or_a_recipe(tmp_path, capsys):
 
 
 def test_demo_recipes_are_the_demo_datasets(tmp_path):
-    from genba import demo
+    from genba.demo import run as demo
 
     for quick in (False, True):
         args = argparse.Namespace(quick=quick, budget=None, out=tmp_path / str(quick), fresh=False, procs=None)

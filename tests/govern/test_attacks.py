@@ -237,3 +237,20 @@ def test_malformed_tombstone_file_fails_closed(world):
     (world.home / "keys" / "shredded.json").write_text("{broken")
     with pytest.raises(KeyUnavailable, match="shredded.json"):
         world.access("a/alice").read_table(world.ds("a-ds") / DATA_FILE)
+
+
+def test_forged_sites_refusal_of_a_site_claim_is_audited(world, capsys):
+    """`genba site claim` on a forged sites.json: one line, exit 2, and a deny entry in the audit log
+    (before, the refusal was raised but never audited)."""
+    from genba.cli import main
+
+    path = world.home / "sites.json"
+    doc = json.loads(path.read_text())
+    doc["sites"][0]["jurisdiction"] = "US"
+    path.write_text(json.dumps(doc))
+    assert main(["site", "claim", "--home", str(world.home), "--site", "tokyo"]) == 2
+    assert "registry signature" in capsys.readouterr().err
+    ev = world.last_event()
+    assert (ev["kind"], ev["decision"], ev["policy_ids"], ev["site"]) == \
+        ("site-claim", "deny", ["registry-signature"], "tokyo")
+    assert "sites.json" in ev["reason"]

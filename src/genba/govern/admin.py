@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from genba.govern import audit as audit_mod
+from genba.govern import sites
 from genba.govern.consortium import Consortium, check_id
 from genba.govern.encryption import is_content, write_encrypted
 from genba.govern.envelope import seal_file
@@ -157,6 +158,17 @@ def _grants(consortium: Consortium) -> list[dict]:
     except ConsortiumError as e:
         _record(consortium, {"kind": "registry", "decision": "deny", "policy_ids": ["registry-signature"],
                              "reason": str(e)})
+        raise
+
+
+def issue_claim(consortium: Consortium, site_id: str, *, ttl_s: int) -> dict:
+    """A signed site claim (:func:`genba.govern.sites.issue_claim`); a forged ``sites.json`` is refused
+    and the refusal audited before it is raised, like every other registry refusal."""
+    try:
+        return sites.issue_claim(consortium, site_id, ttl_s=ttl_s)
+    except ConsortiumError as e:
+        _record(consortium, {"kind": "site-claim", "decision": "deny", "policy_ids": ["registry-signature"],
+                             "site": site_id, "reason": str(e)})
         raise
 
 

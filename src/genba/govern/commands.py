@@ -86,7 +86,7 @@ def cmd_site_add(args) -> int:
 
 
 def cmd_site_claim(args) -> int:
-    doc = sites.issue_claim(_consortium(args), args.site, ttl_s=int(args.ttl_hours * 3600))
+    doc = admin.issue_claim(_consortium(args), args.site, ttl_s=int(args.ttl_hours * 3600))
     text = json.dumps(doc, indent=2, sort_keys=True)
     if args.out:
         args.out.write_text(text + "\n")

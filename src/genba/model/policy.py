@@ -104,7 +104,7 @@ class Policy:
     def observe(self, obs: Mapping[str, Any]) -> None:
         """Take this step's observation into the history without predicting (a caller that plans
         only every few steps, like the OPC UA bridge's prefetcher, still feeds every frame)."""
-        self._advance(obs)
+        self.runtime.observe(self.stream, *as_frame(obs, self.specs))
 
     def infer_chunk(self, obs: Mapping[str, Any]) -> np.ndarray:
         """The whole predicted chunk (chunk, action_dim) float32 starting at this step (for the server)."""
