@@ -5,7 +5,7 @@ is read): site claim and signed registries -> signed manifest -> Cedar decision
 and owner key check (per dataset, cached) -> per-file sha256 against the
 manifest -> key check and decryption -> the file's allow entry. The
 reader's ``read_table`` hook (``genba.data.dataset.open_dataset``) calls
-``GovernedAccess.read_table`` for every Parquet file, and its ``read_video``
+``GovernedAccess.read_table`` for every Parquet file, and its ``read_bytes``
 hook ``GovernedAccess.read_video`` for every camera file (an envelope per MP4,
 decrypted in memory), so an epoch of training pays the governance cost once
 per file, never per sample.
@@ -155,11 +155,15 @@ class GovernedAccess:
         return out
 
     def open(self, root: str | Path):
-        """A ``genba.data`` Dataset whose every Parquet read goes through this access."""
+        """A ``genba.data`` Dataset whose every Parquet and video read goes through this access.
+
+        ``cache_dir=None``: the frames decoded from governed videos stay in memory, never on disk in the
+        clear (docs/governance.md, Video, says why not an encrypted cache).
+        """
         from genba.data.dataset import open_dataset  # the data layer below us; imported late to keep startup cheap
 
         self.authorize(root)
-        return open_dataset(Path(root), read_table=self.read_table)
+        return open_dataset(Path(root), read_table=self.read_table, read_bytes=self.read_video, cache_dir=None)
 
     def export_to(self, root: str | Path, dest: str | Path) -> list[Path]:
         """Write decrypted copies of a dataset's Parquet and video files (action ``export``; restricted data never leaves)."""
