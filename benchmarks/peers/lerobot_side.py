@@ -55,7 +55,9 @@ def log(msg: str) -> None:
 def open_lerobot(root: Path, delta_timestamps: dict | None = None):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    return LeRobotDataset(REPO_ID, root=root, delta_timestamps=delta_timestamps)
+    # torchcodec (with the system FFmpeg libraries): LeRobot 0.4.4's pyav backend calls a
+    # torchvision API that torchvision 0.29 removed. A camera-less dataset never decodes.
+    return LeRobotDataset(REPO_ID, root=root, delta_timestamps=delta_timestamps, video_backend="torchcodec")
 
 
 # =============================================================================

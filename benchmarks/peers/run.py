@@ -16,6 +16,15 @@ Stages, each skipped when its output already exists (an interrupted run resumes)
             LeRobot policies through ``adapter.py``.
 6. latency  batch-1 fresh-chunk latency, p50/p99, per contestant.
 7. report   ``results.json``, ``success.png``, ``RESULTS.md`` in the output directory.
+
+Cameras only (LeRobot reads genba's video, a few minutes; ``--camera-frames`` takes real
+renders, (N, H, W, 3) uint8 .npy, instead of synthetic moving shapes)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/peers/run.py --camera-check [--camera-frames F.npy]
+
+writes a small camera dataset with genba's writer, exports the frames as written and as genba
+decodes them, and has LeRobot's ``LeRobotDataset`` (torchcodec) decode them: ``camera-interop.json``
+with the PSNR figures.
 """
 
 from __future__ import annotations
@@ -80,7 +89,8 @@ def run_cmd(cmd: list[str], *, env: dict | None = None, log_file: Path | None = 
 # ---- 1-2: environment and data ------------------------------------------------
 def stage_setup() -> None:
     if adapter.LEROBOT_PYTHON.exists():
-        check = subprocess.run([str(adapter.LEROBOT_PYTHON), "-c", "import lerobot, msgpack"], capture_output=True)
+        check = subprocess.run([str(adapter.LEROBOT_PYTHON), "-c", "import lerobot, msgpack, torchcodec"],
+                               capture_output=True)
         if check.returncode == 0:
             log(f"setup: reusing {adapter.LEROBOT_PYTHON.parent.parent}")
             return
@@ -98,8 +108,12 @@ def stage_collect(data_root: Path, demos: int) -> Path:
 
 
 # ---- 3: the interoperability proof ---------------------------------------------
-def export_reference(ds: Path, out: Path) -> Path:
-    """Every frame and the stats as genba's reader sees them, for the LeRobot-side check."""
+def export_reference(ds: Path, out: Path, written: dict[str, np.ndarray] | None = None) -> Path:
+    """Every frame and the stats as genba's reader sees them, for the LeRobot-side check.
+
+    Camera frames: ``images/<key>/genba`` (genba's decode) and, where given,
+    ``images/<key>/written`` (the frames before encoding).
+    """
     if out.is_file():
         return out
     from genba.data.dataset import open_dataset
@@ -112,6 +126,10 @@ def export_reference(ds: Path, out: Path) -> Path:
     for feat in ("observation.state", "action"):  # meta/stats.json as genba's reader loads it
         for key, val in d.stats[feat].items():
             arrays[f"stats/{feat}/{key}"] = np.asarray(val)
+    for cam in d.spec.cameras:
+        arrays[f"images/{cam.feature}/genba"] = d.images[cam.name][:]
+        if written is not None:
+            arrays[f"images/{cam.feature}/written"] = written[cam.name]
     def savez(path: Path) -> None:
         with open(path, "wb") as f:  # a file object: np.savez(path) would append ".npz" to the temp name
             np.savez(f, **arrays)
@@ -132,6 +150,60 @@ def stage_interop(ds: Path, data_root: Path, run_dir: Path) -> dict:
     if not result["ok"]:
         raise SystemExit(f"LeRobot rejected or misread the genba dataset; see {out}")
     return result
+
+
+def camera_check(args: argparse.Namespace) -> int:
+    """LeRobot decodes a genba camera dataset: PSNR vs the frames written and vs genba's decode."""
+    import dataclasses
+
+    from genba.data.layout import Episode, write_dataset
+    from genba.data.spec import CameraSpec, EmbodimentSpec
+    from genba.data.video import DEFAULT_VIDEO
+
+    stage_setup()
+    root = args.work / "data" / "camera-check"
+    shutil.rmtree(root, ignore_errors=True)
+    frames = np.load(args.camera_frames) if args.camera_frames else synthetic_frames(240, 64)
+    n_eps, size = 4, frames.shape[1]
+    per = len(frames) // n_eps
+    spec = EmbodimentSpec(
+        name="sawyer_pixels", robot_type="sawyer", obs_names=("hand_x", "hand_y", "hand_z", "gripper"),
+        obs_units=("m", "m", "m", "1"), obs_low=(-1.0,) * 4, obs_high=(1.0,) * 4,
+        action_names=("dx", "dy", "dz", "grip"), action_units=("1",) * 4, action_low=(-1.0,) * 4,
+        action_high=(1.0,) * 4, control_period=1 / 80, action_meaning="end-effector delta",
+        cameras=(CameraSpec("corner2", size, frames.shape[2], "corner2"),))
+    rng = np.random.default_rng(0)
+    eps = [Episode(rng.uniform(-1, 1, (per, 4)).astype(np.float32), rng.uniform(-1, 1, (per, 4)).astype(np.float32),
+                   0, e, images={"corner2": frames[e * per:(e + 1) * per]}) for e in range(n_eps)]
+    write_dataset(root / "sawyer", eps, spec, [("move the hand", "手を動かす")])
+    written = {"corner2": np.concatenate([e.images["corner2"] for e in eps])}
+    ref = export_reference(root / "sawyer", root / "reference.npz", written)
+    out = args.out / "camera-interop.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_cmd([adapter.LEROBOT_PYTHON, HERE / "lerobot_side.py", "check", "--dataset", root / "sawyer", "--reference",
+             ref, "--out", out, "--samples", str(len(written["corner2"]))], env=adapter.peer_env())
+    result = json.loads(out.read_text())
+    log(f"camera interop: {'PASS' if result['ok'] else 'FAIL'}; codec {dataclasses.asdict(DEFAULT_VIDEO)}; "
+        f"frames {'from ' + str(args.camera_frames) if args.camera_frames else 'synthetic'}")
+    for key, fig in result.get("cameras", {}).items():
+        log(f"  {key}: {fig['frames']} frames; PSNR LeRobot vs written {fig['psnr_vs_written_db']:.2f} dB (worst "
+            f"frame {fig['worst_frame_psnr_vs_written_db']:.2f}), vs genba's decode {fig['psnr_vs_genba_decode_db']:.2f}"
+            f" dB; genba's decode vs written {fig['genba_decode_vs_written_db']:.2f} dB")
+    return 0 if result["ok"] else 1
+
+
+def synthetic_frames(t: int, size: int) -> np.ndarray:
+    """Frames with structure: a smooth gradient, a red disc on a circle, a blue bar sliding right."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    bg = np.stack([80 + 60 * xx / size, 90 + 50 * yy / size, np.full_like(xx, 110)], axis=-1)
+    out = np.empty((t, size, size, 3), np.uint8)
+    for k in range(t):
+        cx, cy = size * (0.5 + 0.3 * np.cos(k / 10)), size * (0.5 + 0.3 * np.sin(k / 13))
+        a = np.clip(0.1 * size - np.hypot(xx - cx, yy - cy), 0, 1)[..., None]
+        img = bg * (1 - a) + a * np.array([220, 60, 50], np.float32)
+        img[(np.abs(xx - (k * 0.7) % (0.8 * size) - 4) < 4) & (np.abs(yy - 0.2 * size) < 3)] = (40, 160, 220)
+        out[k] = img.astype(np.uint8)
+    return out
 
 
 # ---- 4: training ------------------------------------------------------------------
@@ -295,6 +367,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help="quick end-to-end check: --budget-min 2 --episodes 5")
     ap.add_argument("--results-md", type=Path, default=None,
                     help="also copy RESULTS.md here (and success.png beside it)")
+    ap.add_argument("--camera-check", action="store_true",
+                    help="only check that LeRobot decodes a genba camera dataset (PSNR figures), then exit")
+    ap.add_argument("--camera-frames", type=Path, default=None,
+                    help="--camera-check: real frames (N, H, W, 3) uint8 .npy instead of synthetic ones")
     ap.add_argument("--report-only", action="store_true",
                     help="only re-render RESULTS.md and success.png from the run directory's results.json")
     args = ap.parse_args(argv)
@@ -332,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
         return rerender(args)
+    if args.camera_check:
+        return camera_check(args)
     t_start = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     data_root = args.work / "data" / f"mt10-d{args.demos}"

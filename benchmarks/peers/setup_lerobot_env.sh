@@ -7,7 +7,16 @@
 # runs on the CPU, from local disk), then lerobot with --no-deps, then every
 # other requirement the wheel's METADATA declares (torch/torchvision left out so
 # pip never replaces them). LeRobot works with the newer torch for what we use
-# (LeRobotDataset, ACT, Diffusion Policy; no videos).
+# (LeRobotDataset, ACT, Diffusion Policy, video decoding).
+#
+# Video (camera datasets): LeRobot 0.4.4 decodes with torchcodec, pinned to
+# 0.11.1 (the build for torch 2.14; lerobot declares torchcodec<0.11, which
+# resolves to 0.10.0, whose library fails to load against torch 2.14.1 with an
+# undefined c10 symbol, so its requirement is dropped like torch's),
+# and torchcodec loads the system FFmpeg libraries (libavutil & co.):
+# `apt-get install -y ffmpeg`, run below when we are root and they are missing.
+# Its `pyav` backend needs torchvision's VideoReader, which torchvision 0.29
+# no longer has, so benchmarks/peers always opens with video_backend="torchcodec".
 #
 # Idempotent: an existing venv with a working `import lerobot` is kept.
 # Usage: bash benchmarks/peers/setup_lerobot_env.sh [PYTHON]   (~7 GB, a few minutes)
@@ -17,8 +26,18 @@ VENV="$HERE/.venv-lerobot"
 PY="${1:-python3}"
 LEROBOT_VERSION="0.4.4"
 TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
+TORCHCODEC_PIN="torchcodec==0.11.1"
 
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import lerobot, msgpack" 2>/dev/null; then
+if ! ldconfig -p 2>/dev/null | grep -q "libavutil\.so"; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[setup] system FFmpeg libraries for torchcodec: apt-get install -y ffmpeg"
+        apt-get install -y -q ffmpeg >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q ffmpeg >/dev/null; }
+    else
+        echo "[setup] note: torchcodec needs the system FFmpeg libraries; run (as root): apt-get install -y ffmpeg" >&2
+    fi
+fi
+
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import lerobot, msgpack, torchcodec" 2>/dev/null; then
     echo "[setup] $VENV already has lerobot $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("lerobot"))')"
     exit 0
 fi
@@ -54,7 +73,7 @@ for line in lines:
     if not line.startswith("Requires-Dist:"):
         continue
     req = Requirement(line.split(":", 1)[1].strip())
-    if req.name.lower() in ("torch", "torchvision"):
+    if req.name.lower() in ("torch", "torchvision", "torchcodec"):  # pinned by this script instead
         continue
     if req.marker is not None and not req.marker.evaluate({"extra": ""}):
         continue  # an optional extra or another platform
@@ -62,7 +81,7 @@ for line in lines:
 open(out, "w").write("\n".join(keep) + "\n")
 print("[setup] requirements:", ", ".join(keep))
 PY
-pip_install -r "$REQS" "${TORCH_PINS[@]}"
+pip_install -r "$REQS" "${TORCH_PINS[@]}" "$TORCHCODEC_PIN"
 pip_install --no-deps "$WHEEL"
 # msgpack: the pipe protocol between benchmarks/peers/adapter.py and lerobot_side.py.
 pip_install msgpack
