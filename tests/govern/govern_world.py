@@ -21,10 +21,11 @@ from genba.govern.access import GovernedAccess
 from genba.govern.consortium import Consortium, Member, init_consortium
 
 DATA_FILE = "data/chunk-000/file-000.parquet"
+VIDEO_FILE = "videos/observation.images.corner2/chunk-000/file-000.mp4"
 
 
-def write_plain(root: Path, seed: int, frames: int = 50) -> Path:
-    """A plaintext dataset-shaped tree: meta/info.json plus two parquet files."""
+def write_plain(root: Path, seed: int, frames: int = 50, video: bytes | None = None) -> Path:
+    """A plaintext dataset-shaped tree: meta/info.json plus two parquet files (and ``video`` as VIDEO_FILE)."""
     rng = np.random.default_rng(seed)
     (root / "meta").mkdir(parents=True)
     (root / "meta" / "info.json").write_text(json.dumps({"seed": seed}))
@@ -34,6 +35,9 @@ def write_plain(root: Path, seed: int, frames: int = 50) -> Path:
                       "index": pa.array(np.arange(frames))})
     pq.write_table(table, root / DATA_FILE)
     pq.write_table(pa.table({"task_index": [0]}), root / "meta" / "tasks.parquet")
+    if video is not None:  # governance treats a video as opaque bytes: any content stands in for an MP4
+        (root / VIDEO_FILE).parent.mkdir(parents=True)
+        (root / VIDEO_FILE).write_bytes(video)
     return root
 
 
@@ -53,8 +57,8 @@ class World:
                action: str = "read") -> GovernedAccess:
         return GovernedAccess(self.home, principal, self.claim(site), purpose, run_id, action=action)
 
-    def ingest(self, name: str, owner: str, seed: int, **kw) -> Path:
-        src = write_plain(self.tmp / "plain" / name, seed)
+    def ingest(self, name: str, owner: str, seed: int, video: bytes | None = None, **kw) -> Path:
+        src = write_plain(self.tmp / "plain" / name, seed, video=video)
         kw.setdefault("classification", "confidential")
         kw.setdefault("purposes", ("pretraining", "finetune", "evaluation"))
         admin.ingest(self.c, src, self.ds(name), owner=owner, dataset_id=name, **kw)

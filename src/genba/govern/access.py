@@ -5,8 +5,10 @@ is read): site claim and signed registries -> signed manifest -> Cedar decision
 and owner key check (per dataset, cached) -> per-file sha256 against the
 manifest -> key check and decryption -> the file's allow entry. The
 reader's ``read_table`` hook (``genba.data.dataset.open_dataset``) calls
-``GovernedAccess.read_table`` for every Parquet file, so an epoch of training
-pays the governance cost once per file, never per sample.
+``GovernedAccess.read_table`` for every Parquet file, and its ``read_bytes``
+hook ``GovernedAccess.read_video`` for every camera file (an envelope per MP4,
+decrypted in memory), so an epoch of training pays the governance cost once
+per file, never per sample.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 
 from genba.govern import audit as audit_mod
 from genba.govern.consortium import Consortium, default_home
-from genba.govern.encryption import Decryptor
+from genba.govern.encryption import Decryptor, is_content
 from genba.govern.errors import (
     AccessDenied,
     ConsortiumError,
@@ -120,40 +122,62 @@ class GovernedAccess:
         table is returned; any refusal on the way is one deny entry, never an
         allow followed by a failure.
         """
+        return self._decrypt(path, lambda d, data, rel: d.read(data))
+
+    def read_video(self, path: str | Path) -> bytes:
+        """The ``read_video`` hook: a camera file's plaintext bytes (an MP4), in memory only.
+
+        The same checks and audit entries as ``read_table``: hash against the
+        signed manifest before anything is decrypted, the owner's key now, one
+        allow entry per file once it has decrypted (or one deny). The caller
+        decodes from these bytes; nothing is written in the clear.
+        """
+        return self._decrypt(path, lambda d, data, rel: d.open_envelope(data, rel))
+
+    def _decrypt(self, path: str | Path, decrypt):
         path = Path(path).resolve()
         opened = self._opened_for(path)
         rel = path.relative_to(opened.root).as_posix()
         data = self._read_checked(opened, rel)
         self._check_key(opened.manifest, opened, rel)  # re-read per file: a shred during a run stops its next read
         try:
-            table = opened.decryptor.read(data)
+            out = decrypt(opened.decryptor, data, rel)
         except (WrongOwnerKey, KeyUnavailable) as e:
             opened.audit_entries.append(self._audit(opened.manifest, decision="deny", policy_ids=["kms"],
                                                     reason=str(e), file=rel))
             raise
+        except FileHashMismatch as e:  # an envelope whose tag fails: altered after the manifest was signed
+            self._refuse_file(opened, rel, str(e))
         idx = self._audit(opened.manifest, decision="allow", policy_ids=["file-hash"], reason="file read",
                           file=rel, sha256=opened.manifest.files[rel])
         opened.audit_entries.append(idx)
         opened.files[rel] = opened.manifest.files[rel]
-        return table
+        return out
 
     def open(self, root: str | Path):
-        """A ``genba.data`` Dataset whose every Parquet read goes through this access."""
+        """A ``genba.data`` Dataset whose every Parquet and video read goes through this access.
+
+        ``cache_dir=None``: the frames decoded from governed videos stay in memory, never on disk in the
+        clear (docs/governance.md, Video, says why not an encrypted cache).
+        """
         from genba.data.dataset import open_dataset  # the data layer below us; imported late to keep startup cheap
 
         self.authorize(root)
-        return open_dataset(Path(root), read_table=self.read_table)
+        return open_dataset(Path(root), read_table=self.read_table, read_bytes=self.read_video, cache_dir=None)
 
     def export_to(self, root: str | Path, dest: str | Path) -> list[Path]:
-        """Write decrypted copies of a dataset's Parquet files (action ``export``; restricted data never leaves)."""
+        """Write decrypted copies of a dataset's Parquet and video files (action ``export``; restricted data never leaves)."""
         if self.action != "export":
             raise GovernanceError("export needs a GovernedAccess opened with action='export'")
         manifest = self.authorize(root)
         written = []
-        for rel in sorted(r for r in manifest.files if r.endswith(".parquet")):
+        for rel in sorted(r for r in manifest.files if is_content(r)):
             out = Path(dest) / rel
             out.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(self.read_table(Path(root) / rel), out)
+            if is_content(rel) == "parquet":
+                pq.write_table(self.read_table(Path(root) / rel), out)
+            else:
+                out.write_bytes(self.read_video(Path(root) / rel))
             written.append(out)
         return written
 
@@ -196,9 +220,12 @@ class GovernedAccess:
         return data
 
     def _check_plain_files(self, opened: _Opened) -> None:
-        """Metadata the reader opens itself (JSON) is checked against the manifest up front."""
+        """Metadata the reader opens itself (JSON) is checked against the manifest up front.
+
+        Encrypted files (parquet, videos) are hashed when they are read, on the very bytes decrypted.
+        """
         for rel in sorted(opened.manifest.files):
-            if not rel.endswith(".parquet"):
+            if not is_content(rel):
                 self._read_checked(opened, rel)
 
     def _check_key(self, manifest: Manifest, opened: _Opened | None = None, rel: str | None = None) -> None:

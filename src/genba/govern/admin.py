@@ -19,7 +19,8 @@ from rich.progress import Progress
 from genba.govern import audit as audit_mod
 from genba.govern import sites
 from genba.govern.consortium import Consortium, check_id
-from genba.govern.encryption import write_encrypted
+from genba.govern.encryption import is_content, write_encrypted
+from genba.govern.envelope import seal_file
 from genba.govern.errors import ConsortiumError, GovernanceError
 from genba.govern.kms import KeyStore, LocalKeyStore
 from genba.govern.manifest import PURPOSES, Manifest, hash_files, retention_from_days, write_manifest
@@ -55,7 +56,11 @@ def ingest(consortium: Consortium, src: str | Path, dest: str | Path, *, owner: 
            classification: str, purposes: tuple[str, ...], personal_data: bool = False,
            retention_days: int | None = None, jurisdiction: str | None = None,
            key_store: KeyStore | None = None, progress: bool = False) -> Manifest:
-    """Encrypt a plaintext LeRobot dataset under ``owner``'s key, sign its manifest, register it."""
+    """Encrypt a plaintext LeRobot dataset under ``owner``'s key, sign its manifest, register it.
+
+    Parquet files get modular encryption, videos an envelope each (encryption.is_content); the
+    plaintext source stays the member's own (what LeRobot reads); only ``dest`` is shared.
+    """
     src, dest = Path(src), Path(dest)
     if not (src / "meta" / "info.json").is_file():
         raise ConsortiumError(f"{src} is not a LeRobot dataset (no meta/info.json)")
@@ -70,14 +75,18 @@ def ingest(consortium: Consortium, src: str | Path, dest: str | Path, *, owner: 
     store.create_key(owner)
     tmp = dest.with_name(dest.name + ".ingest-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    files = [p for p in sorted(src.rglob("*")) if p.is_file() and p.relative_to(src).as_posix() != "meta/manifest.json"]
+    files = _dataset_files(src)
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"encrypting {src.name}", total=len(files))
         for p in files:
-            out = tmp / p.relative_to(src)
+            rel = p.relative_to(src).as_posix()
+            out = tmp / rel
             out.parent.mkdir(parents=True, exist_ok=True)
-            if p.suffix == ".parquet":
+            kind = is_content(rel)
+            if kind == "parquet":
                 write_encrypted(pq.ParquetFile(p), out, store, owner)
+            elif kind == "envelope":  # a camera's video: sealed whole, under the same owner's key
+                seal_file(p, out, store, owner, rel)
             else:
                 shutil.copyfile(p, out)
             bar.advance(task)
@@ -92,6 +101,20 @@ def ingest(consortium: Consortium, src: str | Path, dest: str | Path, *, owner: 
     _record(consortium, {"kind": "ingest", "dataset": dataset_id, "owner": owner, "manifest": manifest.digest,
                          "files": len(manifest.files), "decision": "allow", "policy_ids": [], "reason": "ingested"})
     return manifest
+
+
+def _dataset_files(src: Path) -> list[Path]:
+    """The files ``ingest`` encrypts or copies: the dataset's own, never a hidden path.
+
+    Hidden paths are local state, not data: above all ``.cache/frames/`` (genba.data.frame_cache),
+    the decoded camera frames in the clear, which a governed copy must not carry.
+    """
+    out = []
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if p.is_file() and rel.as_posix() != "meta/manifest.json" and not any(x.startswith(".") for x in rel.parts):
+            out.append(p)
+    return out
 
 
 def _embodiment_name(root: Path) -> str:

@@ -7,7 +7,7 @@
 
 Data access goes through one seam: :func:`add_access_args` adds the options
 that choose how dataset files are read, and :func:`access_from_args` turns them
-into ``(read_table, lineage)`` for :func:`genba.train.trainer.train`. Without
+into ``(opener, lineage)`` (a dataset opener and its lineage) for :func:`genba.train.trainer.train`. Without
 ``--governed`` that is the plain reader; with it every file goes through a
 :class:`genba.govern.access.GovernedAccess` (site claim, principal, purpose):
 
@@ -82,7 +82,7 @@ def add_access_args(p: argparse.ArgumentParser) -> None:
 
 
 def access_from_args(args: argparse.Namespace) -> tuple[Callable | None, dict | Callable[[], dict] | None]:
-    """``(read_table, lineage)`` for the trainer; ``(None, None)`` = plain parquet reads.
+    """``(opener, lineage)`` for the trainer; ``(None, None)`` = the plain reader.
 
     With ``--governed`` every dataset is authorized here, before the trainer
     opens anything; a refusal raises CLIError naming the denying policy.
@@ -101,7 +101,7 @@ def access_from_args(args: argparse.Namespace) -> tuple[Callable | None, dict | 
                                  args.run_id or Path(args.out).name, args.data)
     except GovernanceError as e:
         raise CLIError(refusal(e)) from None
-    return access.read_table, access.lineage
+    return access.open, access.lineage
 
 
 def _refuse_ungoverned(args: argparse.Namespace) -> None:
@@ -135,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"recipe": args.recipe, "config": cfg.to_dict(), "data": [str(d) for d in args.data],
                               "weights": weights}, indent=1))
             return 0
-        read_table, lineage = access_from_args(args)
+        opener, lineage = access_from_args(args)
         result = train(cfg, args.data, args.out, weights=weights, resume=args.resume, overwrite=args.overwrite,
-                       read_table=read_table, lineage=lineage, progress=args.progress)
+                       opener=opener, lineage=lineage, progress=args.progress)
         if _is_main():
             print(f"trained {result.step} steps, loss {result.loss:.4f}, {result.samples_per_s:,.0f} samples/s; "
                   f"checkpoint {result.checkpoint}")

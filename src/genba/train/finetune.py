@@ -212,11 +212,11 @@ def build_lineage(parent_dir: Path, parent_manifest: dict, data, run_dir: Path, 
 # ---- the run ----------------------------------------------------------------------------
 def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLike], run_dir: str | os.PathLike,
              cfg: FinetuneConfig | None = None, *, spec=None, replay: Sequence[str | os.PathLike] = (),
-             read_table: Callable | None = None, lineage: dict | Callable[[], dict] | None = None,
+             opener: Callable | None = None, lineage: dict | Callable[[], dict] | None = None,
              overwrite: bool = False, progress: bool = True) -> FinetuneResult:
     """Adapt ``checkpoint`` to ``data_dirs`` into ``run_dir``; see the module docstring.
 
-    ``spec`` (an EmbodimentSpec) replaces the datasets' own spec; ``read_table``
+    ``spec`` (an EmbodimentSpec) replaces the datasets' own spec; ``opener``
     and ``lineage`` are the governance seam, as for :func:`genba.train.trainer.train`.
     ``run_dir`` is locked for the run; one that already holds a run needs ``overwrite``.
     """
@@ -224,11 +224,11 @@ def finetune(checkpoint: str | os.PathLike, data_dirs: Sequence[str | os.PathLik
 
     origin = time.perf_counter()  # setup counts against a time budget, as in pretraining
     with claim(run_dir, overwrite=overwrite, resume_hint=False) as out:
-        return _finetune(checkpoint, data_dirs, out, cfg, spec=spec, replay=replay, read_table=read_table,
+        return _finetune(checkpoint, data_dirs, out, cfg, spec=spec, replay=replay, opener=opener,
                          lineage=lineage, progress=progress, origin=origin)
 
 
-def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, *, spec, replay, read_table,
+def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, *, spec, replay, opener,
               lineage, progress: bool, origin: float | None = None) -> FinetuneResult:
     from genba.data.transforms import Normalize
     from genba.device import default_device
@@ -244,7 +244,7 @@ def _finetune(checkpoint, data_dirs, run_dir: Path, cfg: FinetuneConfig | None, 
     parent_dir = resolve_checkpoint(checkpoint)
     parent, manifest = load_model(parent_dir, device=device)
     norm_mode = manifest.get("normalization", {}).get("mode", "mean_std")
-    datasets, replayed = open_data(data_dirs, spec, read_table), open_data(replay, None, read_table)
+    datasets, replayed = open_data(data_dirs, spec, opener), open_data(replay, None, opener)
     new_specs, adapted = plan_embodiments(dict(parent.specs), datasets, replayed)
     run_dir = Path(run_dir)
     parent_routes = bundle_routes(manifest, str(parent_dir))
@@ -436,10 +436,10 @@ def run(args: argparse.Namespace) -> int:
                                 "channel_map": parse_channel_map(args.channel_map), "train": train})
         spec = read_spec_file(args.spec) if args.spec else None
         # replay data is read too, so it is authorized (and audited) with the new data
-        read_table, lineage = access_from_args(argparse.Namespace(**{**vars(args),
+        opener, lineage = access_from_args(argparse.Namespace(**{**vars(args),
                                                                     "data": [*args.data, *args.replay]}))
         res = finetune(args.checkpoint, args.data, args.out, cfg, spec=spec, replay=args.replay,
-                       read_table=read_table, lineage=lineage, overwrite=args.overwrite, progress=args.progress)
+                       opener=opener, lineage=lineage, overwrite=args.overwrite, progress=args.progress)
     except (FinetuneError, TrainConfigError, DatasetError, CheckpointError, BundleError, NonFiniteError) as e:
         raise CLIError(str(e)) from None
     print(f"fine-tuned {res.step} steps ({cfg.mode if cfg.init == 'pretrained' else 'from scratch'}, "

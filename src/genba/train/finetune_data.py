@@ -76,7 +76,7 @@ def _check_limits(spec, ds, kind, names, low, high, frames) -> None:
             f"[{x[:, i].min():g}, {x[:, i].max():g}]): the limits or the units of the spec are wrong")
 
 
-def open_data(dirs: Sequence[str | os.PathLike], spec_override=None, read_table: Callable | None = None) -> list:
+def open_data(dirs: Sequence[str | os.PathLike], spec_override=None, opener: Callable | None = None) -> list:
     """Open every dataset; with ``spec_override`` each must fit it and takes it as its spec."""
     from genba.data.dataset import open_dataset
     from genba.data.layout import DatasetError
@@ -84,7 +84,7 @@ def open_data(dirs: Sequence[str | os.PathLike], spec_override=None, read_table:
     out = []
     for d in dirs:
         try:
-            ds = open_dataset(d, read_table=read_table)
+            ds = (opener or open_dataset)(d)
         except DatasetError as e:
             raise FinetuneError(str(e)) from None
         spec = spec_override if spec_override is not None else ds.spec

@@ -1,7 +1,7 @@
 """Train the generalist on mixed-embodiment demonstrations; single process or torchrun.
 
 ``train(cfg, data_dirs, run_dir)`` is the whole job: ``build_*`` helpers set up
-the datasets (through a ``read_table`` hook the governance layer supplies), the
+the datasets (through an ``opener`` the governance layer supplies), the
 model (``genba.model.generalist.build_model``: meta device, then ``init_weights``
 under the fixed seed), the wrapping (``parallelize``) and the optimizer; then the
 project's one loop (:func:`genba.train.loop.fit`) runs AdamW with warmup +
@@ -80,17 +80,18 @@ class TrainData:
 
 
 def build_datasets(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], *, weights: Sequence[float] | None = None,
-                   read_table: Callable | None = None, model_cfg: ModelConfig | None = None) -> TrainData:
-    """Open every dataset (via ``read_table``), window it, mix it with ``weights``.
+                   opener: Callable | None = None, model_cfg: ModelConfig | None = None) -> TrainData:
+    """Open every dataset (with ``opener``, default the plain reader), window it, mix it with ``weights``.
 
-    ``read_table`` is the governance seam: every parquet read goes through it.
+    ``opener(dir) -> Dataset`` is the governance seam (``GovernedAccess.open``: every parquet and
+    video read through it, decoded frames kept in memory).
     """
     if not data_dirs:
         raise TrainConfigError("no datasets given (--data DIR[,DIR...])")
     if weights is not None and len(weights) != len(data_dirs):
         raise TrainConfigError(f"{len(weights)} weights for {len(data_dirs)} datasets: give one weight per --data dir")
     model_cfg = model_cfg or get_preset(cfg.model)
-    datasets = [open_dataset(d, read_table=read_table) for d in data_dirs]
+    datasets = [(opener or open_dataset)(d) for d in data_dirs]
     specs: dict = {}
     first: dict = {}  # embodiment -> the dataset its spec came from
     for ds in datasets:
@@ -198,7 +199,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str | os.PathLike, *,
           weights: Sequence[float] | None = None, resume: bool = False, overwrite: bool = False,
-          read_table: Callable | None = None, lineage: dict | Callable[[], dict] | None = None,
+          opener: Callable | None = None, lineage: dict | Callable[[], dict] | None = None,
           stop_at: int | None = None, progress: bool = True) -> TrainResult:
     """Train ``cfg`` on ``data_dirs`` into ``run_dir``; see the module docstring.
 
@@ -214,16 +215,16 @@ def train(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], run_dir: str
     world, device = init_distributed(cfg)
     with rundir.claim(run_dir, resume=resume, overwrite=overwrite, main=world.main) as run_dir:
         return _train(cfg, data_dirs, run_dir, world, device, t0, weights=weights, resume=resume,
-                      read_table=read_table, lineage=lineage, stop_at=stop_at, progress=progress)
+                      opener=opener, lineage=lineage, stop_at=stop_at, progress=progress)
 
 
 def _train(cfg: TrainConfig, data_dirs, run_dir: Path, world: Dist, device: torch.device, t0: float, *, weights,
-           resume: bool, read_table, lineage, stop_at: int | None, progress: bool) -> TrainResult:
+           resume: bool, opener, lineage, stop_at: int | None, progress: bool) -> TrainResult:
     """The run itself, with ``run_dir`` held: set up, then :func:`genba.train.loop.fit`."""
     model_cfg = get_preset(cfg.model)
     if cfg.batch_size % world.world:
         raise TrainConfigError(f"batch_size {cfg.batch_size} is not divisible by the {world.world} processes")
-    data = build_datasets(cfg, data_dirs, weights=weights, read_table=read_table, model_cfg=model_cfg)
+    data = build_datasets(cfg, data_dirs, weights=weights, opener=opener, model_cfg=model_cfg)
     model = build_model(model_cfg, data.specs, device, cfg.seed)
     plan = ParallelPlan(cfg.dist, cfg.activation_checkpointing, cfg.compile, tp=cfg.tp, ep=cfg.ep)
     module = parallelize(model, plan, build_mesh(device))
