@@ -80,10 +80,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     tasks = _resolve(args.group) if args.group else registry.all_tasks()
     table = Table(title=f"{len(tasks)} tasks" + (f" in {args.group}" if args.group else ""))
-    for col in ("id", "embodiment", "obs", "act", "Hz", "groups", "instruction (en)", "instruction (ja)"):
+    for col in ("id", "embodiment", "obs", "act", "Hz", "cameras (--obs pixels)", "groups", "instruction (en)",
+                "instruction (ja)"):
         table.add_column(col, overflow="fold")
     for t in tasks:
-        table.add_row(t.id, t.embodiment, str(t.spec.obs_dim), str(t.spec.action_dim), f"{t.spec.fps:g}",
+        px = t.view("pixels").spec
+        cams = f"{px.name}: {','.join(c.name for c in px.cameras)}, obs {px.obs_dim}" if px.cameras else "-"
+        table.add_row(t.id, t.embodiment, str(t.spec.obs_dim), str(t.spec.action_dim), f"{t.spec.fps:g}", cams,
                       ",".join(t.groups), t.instruction_en, t.instruction_ja)
     # rich falls back to 80 columns when piped; the instructions need more
     (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
