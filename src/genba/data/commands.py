@@ -3,6 +3,7 @@
     genba data draft-spec DIR --out SPEC.json            # then check and edit SPEC.json
     genba data import-lerobot DIR --spec SPEC.json --out NEW_DIR [--tasks JA.json]
     genba data import-lerobot DIR --spec SPEC.json --in-place
+    genba data show DIR --episode N --out FILE.png         # contact sheet of frames, actions beneath
 
 The governance layer adds its own verbs (ingest, grant, revoke, shred) to the
 same ``data`` group. This module imports nothing above the data layer, so it
@@ -20,7 +21,8 @@ from pathlib import Path
 from genba.data.layout import DatasetError
 from genba.data.spec import SpecError
 
-GROUP_HELP = "datasets: import a LeRobot dataset, draft its spec; governed: ingest, grant, revoke, shred"
+GROUP_HELP = ("datasets: import a LeRobot dataset, draft its spec, show an episode; "
+              "governed: ingest, grant, revoke, shred")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="embodiment name (default: from robot_type)")
     p.add_argument("--margin", type=float, default=0.1, help="widen the data's min/max by this fraction of the span")
     p.set_defaults(func=_guard("draft-spec", cmd_draft))
+    p = data.add_parser("show", help="PNG contact sheet of an episode: its camera frames, its actions beneath")
+    p.add_argument("src", type=Path, metavar="DIR", help="genba dataset directory")
+    p.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--columns", type=int, default=12, help="frames per camera row (default 12)")
+    p.add_argument("--every", type=int, default=None, help="show every k-th frame (default: fit --columns)")
+    p.set_defaults(func=_guard("show", cmd_show))
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from genba.data.show import show_episode
+
+    if args.columns < 1 or (args.every is not None and args.every < 1):
+        raise DatasetError("--columns and --every must be >= 1")
+    out = show_episode(args.src, args.episode, args.out, columns=args.columns, every=args.every)
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:

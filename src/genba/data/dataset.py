@@ -15,13 +15,29 @@ episode and frame, and the column (feature, index and name). The checks are
 vectorized over the frames already in memory; they run on the governed
 (decrypted) path too, since they see what ``read_table`` returned.
 
-Features of dtype ``video`` (LeRobot's camera streams, stored under
-``videos/``, not in the data parquet) are listed in ``info.json`` but not
-loaded: genba's reader is state-only.
+Cameras: every camera of the spec is a ``video`` feature (LeRobot's camera
+streams, MP4 under ``videos/``, not in the data parquet). At open time, before
+any training, each of its files is read, decoded once into the frame cache
+(:mod:`genba.data.frame_cache`) and refused, naming the file, when it is
+missing, truncated or unreadable, holds a frame count other than the parquet
+rows of its episodes, or frames of another size than the spec's; a camera the
+spec names but ``info.json`` or the episodes parquet lack is refused too.
+``Dataset.images[camera]`` is a :class:`~genba.data.frame_cache.FrameStore`
+row-aligned with ``observation``. Video features the spec does not name (a
+LeRobot dataset imported state-only) are listed in ``info.json`` and ignored.
 
-Every parquet read goes through ``read_table(path) -> pyarrow.Table`` (data,
-episodes, tasks) so the governance layer can authorize, audit and decrypt each
-one. Datasets here are small, so all frames are loaded once into numpy arrays.
+Two hooks, so the governance layer can authorize, audit and decrypt every file:
+
+- ``read_table(path) -> pyarrow.Table``: every parquet read (data, episodes, tasks);
+- ``read_bytes(path) -> bytes``: every video read (default ``Path.read_bytes``).
+  The governed opener returns the decrypted MP4 from memory and passes
+  ``cache_dir=None`` so decoded frames stay in memory too, never on disk in
+  the clear. ``PermissionError`` from either hook passes through unchanged (a
+  refusal is not corruption); ``OSError`` becomes a :class:`DatasetError`.
+
+Datasets here are small, so all state/action frames are loaded once into numpy
+arrays; camera frames are memory-mapped from the cache (``cache_dir``, default
+``$GENBA_CACHE/frames`` or ``<dataset>/.cache/frames``).
 """
 
 from __future__ import annotations
@@ -38,6 +54,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genba.data import stats as S
+from genba.data import video_layout as VL
+from genba.data.frame_cache import FrameCache, FrameStore, default_cache_dir
 from genba.data.language import LANGS
 from genba.data.layout import (
     _ARROW_TYPES,
@@ -57,6 +75,7 @@ from genba.data.layout import (
 from genba.data.spec import PLAUSIBLE_SPANS, EmbodimentSpec, SpecError, fps_mismatch, plausible_bounds
 
 ReadTable = Callable[[Path], pa.Table]
+ReadBytes = Callable[[Path], bytes]
 _INFO_KEYS = ("codebase_version", "robot_type", "total_episodes", "total_frames", "total_tasks",
               "chunks_size", "fps", "data_path", "features")
 
@@ -69,6 +88,8 @@ class Dataset:
     ``episode_index``/``frame_index``/``task_index``/``index`` (N,) int64,
     ``timestamp`` (N,) float32. ``tasks[i] = {"task_index", "id", "en", "ja"}``.
     ``stats[feature][key]`` are numpy arrays; ``genba`` is ``meta/genba.json``.
+    ``images[camera]`` gathers (…, H, W, 3) uint8 frames by row (``.take(rows)``);
+    empty for a camera-less machine. ``videos`` are the video files read.
     """
 
     root: Path
@@ -86,6 +107,8 @@ class Dataset:
     index: np.ndarray
     timestamp: np.ndarray
     files: list[Path] = field(default_factory=list)
+    images: dict[str, FrameStore] = field(default_factory=dict)
+    videos: list[Path] = field(default_factory=list)
 
     @property
     def embodiment(self) -> str:
@@ -117,11 +140,15 @@ IMPORT_HINT = ("it holds the embodiment spec genba needs; a plain LeRobot v3 dat
 
 
 def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None, *,
-                 genba: dict | None = None) -> Dataset:
+                 genba: dict | None = None, read_bytes: ReadBytes | None = None,
+                 cache_dir: str | os.PathLike | None = "auto") -> Dataset:
     """Open the dataset at ``root``, validating it against its ``info.json``.
 
     ``genba`` stands in for ``meta/genba.json`` (the importer validates a
-    dataset with the file it is about to write).
+    dataset with the file it is about to write). ``read_table``/``read_bytes``
+    read the parquet/video files (see the module docstring); ``cache_dir`` is
+    where decoded frames are kept (``"auto"``: :func:`default_cache_dir`;
+    ``None``: in memory only).
     """
     root = Path(root)
     reader = _Reader(read_table or pq.read_table)
@@ -135,19 +162,25 @@ def open_dataset(root: str | os.PathLike, read_table: ReadTable | None = None, *
     check_rate(root, info, spec)
     features = {k: ft for k, ft in info["features"].items() if ft["dtype"] != "video"}
     check_spec_features(root, spec, features)
+    VL.check_video_info(root / INFO_PATH, info, spec)
     tasks = _load_tasks(root, reader, genba, info)
-    eps_table = _load_episodes(root, reader, info)
+    eps_table = _load_episodes(root, reader, info, spec)
     files = _data_files(root, info, eps_table)
     cols = _load_frames(root, reader, files, features)
     rows_per_file = cols["_rows_per_file"]
     episodes = _check_ranges(root, info, eps_table, files, cols, tasks, genba)
     _check_values(files, rows_per_file, cols, features, spec)
     stats = _load_stats(root, spec)
+    cache = FrameCache(default_cache_dir(root) if cache_dir == "auto" else cache_dir)
+    images, videos = {}, []
+    for cam in spec.cameras:
+        images[cam.name], paths = VL.load_camera(root, info, cam, eps_table, read_bytes or Path.read_bytes, cache)
+        videos += paths
     return Dataset(root=root, info=info, genba=genba, spec=spec, stats=stats, tasks=tasks,
                    episodes=episodes, observation=_as_matrix(cols[STATE]), action=_as_matrix(cols[ACTION]),
                    episode_index=cols["episode_index"], frame_index=cols["frame_index"],
                    task_index=cols["task_index"], index=cols["index"], timestamp=cols["timestamp"],
-                   files=[p for p, _ in files])
+                   files=[p for p, _ in files], images=images, videos=videos)
 
 
 # ---- files ------------------------------------------------------------------
@@ -261,7 +294,7 @@ def _load_tasks(root: Path, reader: _Reader, genba: dict, info: dict) -> list[di
     return out
 
 
-def _load_episodes(root: Path, reader: _Reader, info: dict) -> dict[str, np.ndarray]:
+def _load_episodes(root: Path, reader: _Reader, info: dict, spec: EmbodimentSpec) -> dict[str, np.ndarray]:
     paths = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if not paths:
         raise DatasetError(f"{root / 'meta/episodes'}: no episodes parquet "
@@ -277,8 +310,9 @@ def _load_episodes(root: Path, reader: _Reader, info: dict) -> dict[str, np.ndar
         for c in need:
             if t.column(c).null_count or not pa.types.is_integer(t.schema.field(c).type):
                 raise DatasetError(f"{p}: column {c!r} must be integers without nulls")
-        parts.append({c: np.asarray(t.column(c).to_numpy(), dtype=np.int64) for c in need})
-    eps = {c: np.concatenate([p[c] for p in parts]) for c in need}
+        parts.append({**{c: np.asarray(t.column(c).to_numpy(), dtype=np.int64) for c in need},
+                      **VL.episode_video_columns(p, t, spec)})
+    eps = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
     order = np.argsort(eps["episode_index"], kind="stable")
     eps = {c: v[order] for c, v in eps.items()}
     n = info["total_episodes"]
@@ -461,4 +495,5 @@ def _load_stats(root: Path, spec: EmbodimentSpec) -> S.Stats:
         S.check_stats(stats, {STATE: spec.obs_dim, ACTION: spec.action_dim}, source=str(root / STATS_PATH))
     except S.StatsError as e:
         raise DatasetError(str(e)) from None
+    VL.check_image_stats(root / STATS_PATH, stats, spec)
     return stats

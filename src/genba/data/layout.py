@@ -7,6 +7,8 @@ One dataset holds one embodiment::
     meta/tasks.parquet                        task string (pandas index) -> task_index
     meta/episodes/chunk-000/file-000.parquet  per-episode ranges, file indices, stats
     data/chunk-000/file-000.parquet           frames, one row group per episode
+    videos/observation.images.<camera>/chunk-000/file-000.mp4
+                                              one camera, every episode of a file back to back
     meta/genba.json                           genba only: spec, en/ja instructions, report
 
 Every LeRobot file mirrors, column by column and key by key, what LeRobot
@@ -21,6 +23,16 @@ renamed into place at the end, so an interrupted write never leaves a dataset
 that looks complete. :func:`genba.data.dataset.open_dataset` validates everything it reads and
 names the offending file; every parquet read goes through one ``read_table``
 hook so the governance layer can authorize, audit and decrypt it.
+
+Cameras (``spec.cameras``): each ``Episode.images[camera]`` is ``(T, H, W, 3)``
+uint8 and goes to the feature ``observation.images.<camera>`` of dtype
+``video``: an MP4 per (chunk, file) (:mod:`genba.data.video` says which codec
+and why), a new file once the current one passes ``video_files_size_in_mb``,
+the feature's ``info`` block in ``info.json``, per-episode
+``videos/<key>/{chunk_index, file_index, from_timestamp, to_timestamp}`` in
+the episodes parquet and per-channel image stats (shape 3x1x1, in [0, 1],
+over LeRobot's sampled frames) in both stats places, as LeRobot 0.4.4 writes
+them (``tests/data/fixtures/lerobot-v3-video-sample``).
 """
 
 from __future__ import annotations
@@ -31,9 +43,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,11 +54,15 @@ import pyarrow.parquet as pq
 from genba.data import stats as S
 from genba.data.spec import EmbodimentSpec
 
+if TYPE_CHECKING:
+    from genba.data.video import VideoConfig
+
 CODEBASE_VERSION = "v3.0"
 DEFAULT_CHUNKS_SIZE = 1000  # files per chunk directory (LeRobot's default)
 DEFAULT_DATA_FILE_SIZE_MB = 100
-DEFAULT_VIDEO_FILE_SIZE_MB = 200  # what 0.4.4 writes into info.json; genba has no videos
+DEFAULT_VIDEO_FILE_SIZE_MB = 200  # LeRobot 0.4.4's default
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 INFO_PATH, STATS_PATH, TASKS_PATH, GENBA_PATH = (
     "meta/info.json", "meta/stats.json", "meta/tasks.parquet", "meta/genba.json")
@@ -72,12 +88,18 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Episode:
-    """One demonstration: ``observation`` (T, obs_dim), ``action`` (T, act_dim)."""
+    """One demonstration: ``observation`` (T, obs_dim), ``action`` (T, act_dim).
+
+    ``images[camera]`` is (T, H, W, 3) uint8 RGB for every camera of the spec
+    (frame ``t`` is what the camera saw with ``observation[t]``); empty for a
+    camera-less machine.
+    """
 
     observation: np.ndarray
     action: np.ndarray
     task_index: int
     seed: int | None = None
+    images: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,7 +123,9 @@ class EpisodeRange:
 def write_dataset(root: str | os.PathLike, episodes: Iterable[Episode], spec: EmbodimentSpec,
                   tasks: Sequence[Any], *, extra: Mapping[str, Any] | None = None,
                   overwrite: bool = False, chunks_size: int = DEFAULT_CHUNKS_SIZE,
-                  data_files_size_in_mb: float = DEFAULT_DATA_FILE_SIZE_MB) -> Path:
+                  data_files_size_in_mb: float = DEFAULT_DATA_FILE_SIZE_MB,
+                  video: VideoConfig | None = None,
+                  video_files_size_in_mb: float = DEFAULT_VIDEO_FILE_SIZE_MB) -> Path:
     """Write ``episodes`` of one embodiment as a LeRobot v3 dataset at ``root``.
 
     ``tasks[i]`` describes task index ``i``: a mapping with ``en``/``ja`` (and
@@ -110,6 +134,8 @@ def write_dataset(root: str | os.PathLike, episodes: Iterable[Episode], spec: Em
     LeRobot's task string. ``extra`` (JSON-able, e.g. ``{"collection": report}``)
     is merged into ``meta/genba.json``. An existing ``root`` is refused unless
     ``overwrite``. Atomic: nothing appears at ``root`` until all is written.
+    Each camera of ``spec.cameras`` is encoded with ``video`` (default
+    :data:`genba.data.video.DEFAULT_VIDEO`) from the episodes' ``images``.
     """
     root = Path(root)
     _refuse_existing(root, overwrite)
@@ -117,8 +143,8 @@ def write_dataset(root: str | os.PathLike, episodes: Iterable[Episode], spec: Em
     eps = [_check_episode(i, ep, spec, len(task_list)) for i, ep in enumerate(episodes)]
     if not eps:
         raise DatasetError(f"write_dataset({root}): no episodes to write")
-    if chunks_size < 1 or data_files_size_in_mb <= 0:
-        raise DatasetError(f"write_dataset({root}): chunks_size and data_files_size_in_mb must be > 0")
+    if chunks_size < 1 or data_files_size_in_mb <= 0 or video_files_size_in_mb <= 0:
+        raise DatasetError(f"write_dataset({root}): chunks_size and the file sizes must be > 0")
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(_GENBA_KEYS))
     if clash:
@@ -130,7 +156,10 @@ def write_dataset(root: str | os.PathLike, episodes: Iterable[Episode], spec: Em
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        _write_tree(tmp, eps, spec, task_list, extra, chunks_size, data_files_size_in_mb * 2**20)
+        sizes = (data_files_size_in_mb * 2**20, video_files_size_in_mb * 2**20)
+        from genba.data.video import DEFAULT_VIDEO
+
+        _write_tree(tmp, eps, spec, task_list, extra, chunks_size, sizes, video or DEFAULT_VIDEO)
         _commit(tmp, root, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,12 +229,35 @@ def _check_episode(i: int, ep: Episode, spec: EmbodimentSpec, n_tasks: int) -> E
     if not (isinstance(ep.task_index, (int, np.integer)) and 0 <= ep.task_index < n_tasks):
         raise DatasetError(f"episode {i}: task_index {ep.task_index!r} outside the {n_tasks} tasks given")
     seed = None if ep.seed is None else int(ep.seed)
-    return Episode(obs, act, int(ep.task_index), seed)
+    return Episode(obs, act, int(ep.task_index), seed, _check_images(i, ep, spec, len(obs)))
 
 
-def _features(spec: EmbodimentSpec) -> dict[str, dict[str, Any]]:
-    feats = {STATE: {"dtype": "float32", "shape": [spec.obs_dim], "names": list(spec.obs_names)},
-             ACTION: {"dtype": "float32", "shape": [spec.action_dim], "names": list(spec.action_names)}}
+def _check_images(i: int, ep: Episode, spec: EmbodimentSpec, t: int) -> dict[str, np.ndarray]:
+    images = dict(ep.images or {})
+    names = [c.name for c in spec.cameras]
+    stray = sorted(set(images) - set(names))
+    if stray:
+        raise DatasetError(f"episode {i}: images of cameras {stray} that the spec {spec.name!r} does not have "
+                           f"(its cameras: {names})")
+    for cam in spec.cameras:
+        if cam.name not in images:
+            raise DatasetError(f"episode {i}: no images of camera {cam.name!r} (spec {spec.name!r})")
+        x = np.asarray(images[cam.name])
+        if x.dtype != np.uint8 or x.shape != (t, *cam.shape):
+            raise DatasetError(f"episode {i}: camera {cam.name!r} images are {x.dtype}{list(x.shape)}, expected "
+                               f"uint8{[t, *cam.shape]} (one RGB frame per step)")
+        images[cam.name] = x
+    return images
+
+
+def _features(spec: EmbodimentSpec, cfg: VideoConfig | None = None) -> dict[str, dict[str, Any]]:
+    """``info.json`` features in LeRobot's order: state, cameras (``cfg`` given), action, index columns."""
+    from genba.data.video_layout import video_feature
+
+    feats = {STATE: {"dtype": "float32", "shape": [spec.obs_dim], "names": list(spec.obs_names)}}
+    for cam in spec.cameras if cfg is not None else ():
+        feats[cam.feature] = video_feature(cam, lerobot_fps(spec), cfg)
+    feats[ACTION] = {"dtype": "float32", "shape": [spec.action_dim], "names": list(spec.action_names)}
     for name, dtype in INDEX_FEATURES:
         feats[name] = {"dtype": dtype, "shape": [1], "names": None}
     return feats
@@ -307,20 +359,36 @@ def _write_grouped(root: Path, template: str, tables: Sequence[pa.Table],
 
 
 def _write_tree(root: Path, eps: list[Episode], spec: EmbodimentSpec, tasks: list[dict],
-                extra: dict, chunks_size: int, limit_bytes: float) -> None:
-    features, fps = _features(spec), lerobot_fps(spec)
+                extra: dict, chunks_size: int, sizes: tuple[float, float], cfg: VideoConfig) -> None:
+    from genba.data import video_layout as VL
+
+    limit_bytes, video_bytes = sizes
+    features, fps = _features(spec, cfg), lerobot_fps(spec)
+    columns = {k: ft for k, ft in features.items() if ft["dtype"] != "video"}  # the data parquet's
     starts = np.concatenate([[0], np.cumsum([len(e.observation) for e in eps])]).astype(np.int64)
     cols = [_episode_columns(e, i, int(starts[i]), fps) for i, e in enumerate(eps)]
-    schema = _data_schema(features, _fingerprint(cols))
+    schema = _data_schema(columns, _fingerprint(cols))
     tables = [_to_table(c, schema) for c in cols]
     where = _assign_files([t.nbytes for t in tables], limit_bytes, chunks_size)
     _write_grouped(root, DATA_PATH, tables, where)
 
     ep_stats = [S.compute_stats(c) for c in cols]
-    all_cols = {k: np.concatenate([c[k] for c in cols]) for k in features}
-    _write_episodes_meta(root, eps, tasks, starts, where, ep_stats, features, chunks_size, limit_bytes)
+    all_cols = {k: np.concatenate([c[k] for c in cols]) for k in columns}
+    global_stats = S.compute_stats(all_cols)
+    videos: dict[str, list] = {}
+    for cam in spec.cameras:
+        videos.update(VL.write_videos(root, cam, [e.images[cam.name] for e in eps], fps, cfg, chunks_size,
+                                      video_bytes, VIDEO_PATH))
+        per_ep = [VL.image_stats(e.images[cam.name]) for e in eps]
+        for st, im in zip(ep_stats, per_ep):
+            st[cam.feature] = im
+        # LeRobot's aggregation (count-weighted; quantiles approximate), on (3,) then shaped 3x1x1
+        global_stats[cam.feature] = VL.as_image_stats(S.aggregate_stats([{"i": p} for p in per_ep])["i"])
+    ordered = [k for k in features if k in global_stats]
+    _write_episodes_meta(root, eps, tasks, starts, where, ep_stats, {k: features[k] for k in ordered},
+                         chunks_size, limit_bytes, videos)
     _write_tasks(root, tasks)
-    _write_json(root / STATS_PATH, S.stats_to_json(S.compute_stats(all_cols)))
+    _write_json(root / STATS_PATH, S.stats_to_json({k: global_stats[k] for k in ordered}))
     genba = {"format_version": GENBA_FORMAT_VERSION, "embodiment": spec.name, "spec": spec.to_dict(),
              "control_period": spec.control_period, "fps_exact": spec.fps,
              "tasks": tasks, "episodes": [{"episode_index": i, "task_index": e.task_index, "seed": e.seed}
@@ -329,21 +397,29 @@ def _write_tree(root: Path, eps: list[Episode], spec: EmbodimentSpec, tasks: lis
     info = {"codebase_version": CODEBASE_VERSION, "robot_type": spec.robot_type,
             "total_episodes": len(eps), "total_frames": int(starts[-1]), "total_tasks": len(tasks),
             "chunks_size": chunks_size, "data_files_size_in_mb": round(limit_bytes / 2**20, 6),
-            "video_files_size_in_mb": DEFAULT_VIDEO_FILE_SIZE_MB, "fps": fps,
-            "splits": {"train": f"0:{len(eps)}"}, "data_path": DATA_PATH, "video_path": None,
+            "video_files_size_in_mb": round(video_bytes / 2**20, 6), "fps": fps,
+            "splits": {"train": f"0:{len(eps)}"}, "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if spec.cameras else None,
             "features": features}
-    if float(info["data_files_size_in_mb"]).is_integer():
-        info["data_files_size_in_mb"] = int(info["data_files_size_in_mb"])
+    for key in ("data_files_size_in_mb", "video_files_size_in_mb"):
+        if float(info[key]).is_integer():
+            info[key] = int(info[key])
     _write_json(root / INFO_PATH, info)  # last: its presence marks completion
 
 
-def _episodes_schema(features: Mapping[str, Mapping[str, Any]]) -> pa.Schema:
+def _episodes_schema(features: Mapping[str, Mapping[str, Any]], videos: Sequence[str] = ()) -> pa.Schema:
+    from genba.data import video_layout as VL
+
     i64 = pa.int64()
     fields = [pa.field("episode_index", i64), pa.field("tasks", pa.list_(pa.string())),
               pa.field("length", i64), pa.field("data/chunk_index", i64), pa.field("data/file_index", i64),
               pa.field("dataset_from_index", i64), pa.field("dataset_to_index", i64)]
+    fields += [pa.field(c, pa.float64() if c.endswith("timestamp") else i64) for c in videos]
     for name, ft in features.items():
         is_int = ft["dtype"].startswith("int")
+        if ft["dtype"] == "video":
+            fields += [pa.field(f"stats/{name}/{key}", VL.stats_field_type(key)) for key in S.STAT_KEYS]
+            continue
         for key in S.STAT_KEYS:
             integer = key == "count" or (is_int and key in ("min", "max"))
             fields.append(pa.field(f"stats/{name}/{key}", pa.list_(i64 if integer else pa.float64())))
@@ -353,12 +429,15 @@ def _episodes_schema(features: Mapping[str, Mapping[str, Any]]) -> pa.Schema:
 
 def _write_episodes_meta(root: Path, eps: list[Episode], tasks: list[dict], starts: np.ndarray,
                          where: Sequence[tuple[int, int]], ep_stats: list[S.Stats],
-                         features: Mapping[str, Any], chunks_size: int, limit_bytes: float) -> None:
+                         features: Mapping[str, Any], chunks_size: int, limit_bytes: float,
+                         videos: Mapping[str, list]) -> None:
     """One row per episode, built column-wise (fast for thousands of episodes)."""
-    schema = _episodes_schema(features)
+    from genba.data import video_layout as VL
+
+    schema = _episodes_schema(features, list(videos))
     n = len(eps)
     # Size each row by its stats payload so huge datasets still split files.
-    row_bytes = 64 + 8 * sum(len(np.atleast_1d(v)) for st in ep_stats[:1] for f in st.values() for v in f.values())
+    row_bytes = 64 + 8 * sum(np.size(v) for st in ep_stats[:1] for f in st.values() for v in f.values())
     meta_where = _assign_files([row_bytes] * n, limit_bytes, chunks_size)
     cols: dict[str, pa.Array] = {
         "episode_index": pa.array(np.arange(n, dtype=np.int64)),
@@ -369,8 +448,13 @@ def _write_episodes_meta(root: Path, eps: list[Episode], tasks: list[dict], star
         "dataset_from_index": pa.array(starts[:-1]), "dataset_to_index": pa.array(starts[1:]),
         "meta/episodes/chunk_index": pa.array([w[0] for w in meta_where], type=pa.int64()),
         "meta/episodes/file_index": pa.array([w[1] for w in meta_where], type=pa.int64()),
+        **VL.video_column_arrays(videos),
     }
     for name in features:
+        if features[name]["dtype"] == "video":
+            cols.update({f"stats/{name}/{key}": VL.stats_column([st[name] for st in ep_stats], key)
+                         for key in S.STAT_KEYS})
+            continue
         for key in S.STAT_KEYS:
             field = schema.field(f"stats/{name}/{key}")
             rows = [np.atleast_1d(st[name][key]) for st in ep_stats]

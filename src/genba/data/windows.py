@@ -6,6 +6,8 @@ A sample at frame ``t`` of an episode spanning rows ``[s, e)``::
     "observation.state_is_pad" (H,)  True where t-H+1+k < s (repeats row s)
     "action"                   (C, act_dim) rows t .. t+C-1
     "action_is_pad"            (C,)  True where t+k >= e (repeats row e-1)
+    "images"                   {camera: (H, h, w, 3) uint8} the same history rows as the state
+                               (padded like it); only for machines with cameras
 
 Window indices are precomputed once as integer arrays, so one sample (or a
 whole batch with :meth:`WindowDataset.gather`) is a single fancy-index gather.
@@ -15,7 +17,8 @@ concatenates them and :class:`MixedSampler` draws part ``p`` with probability
 ``weights[p]`` and a frame uniformly inside it. The draw at position ``k`` is a
 pure function of ``(seed, k)``, so a resumed run continues the exact sequence
 (``start=samples_already_seen``). :func:`collate` groups samples by embodiment
-because shapes differ between embodiments.
+because shapes differ between embodiments, so a batch mixing camera and
+camera-less machines is one group with images and one without.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class WindowDataset(TorchDataset):
         self._act = torch.from_numpy(np.ascontiguousarray(dataset.action, dtype=np.float32))
         self._task = dataset.task_index.astype(np.int64)
         self._instructions = {lg: [t[lg] for t in dataset.tasks] for lg in LANGS}
+        self._images = dict(dataset.images)  # camera -> FrameStore (memory-mapped frame cache)
         self._build_index()
 
     def _build_index(self) -> None:
@@ -89,18 +93,25 @@ class WindowDataset(TorchDataset):
                   "observation.state_is_pad": self._hist_pad[i],  # (H,)
                   "action": self._act[self._fut_idx[i]],  # (C, act_dim)
                   "action_is_pad": self._act_pad[i]}  # (C,)
+        if self._images:
+            rows = self._hist_idx[i].numpy()
+            sample["images"] = {cam: torch.from_numpy(store.take(rows)) for cam, store in self._images.items()}
         return self.transforms(sample) if self.transforms is not None else sample
 
     def gather(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, Any]:
         """A batch of raw (untransformed) windows in one gather: tensors get a leading B."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return {"embodiment": self.embodiment,
+        batch = {"embodiment": self.embodiment,
                 "task_index": torch.from_numpy(self._task[idx.numpy()]),
                 "instruction": [self.instruction(int(i)) for i in idx],
                 "observation.state": self._obs[self._hist_idx[idx]],  # (B, H, obs_dim)
                 "observation.state_is_pad": self._hist_pad[idx],  # (B, H)
                 "action": self._act[self._fut_idx[idx]],  # (B, C, act_dim)
                 "action_is_pad": self._act_pad[idx]}  # (B, C)
+        if self._images:
+            rows = self._hist_idx[idx].numpy()  # (B, H)
+            batch["images"] = {cam: torch.from_numpy(s.take(rows)) for cam, s in self._images.items()}
+        return batch
 
 
 def _mix_bit(seed: int, i: int) -> int:
@@ -205,7 +216,8 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Group samples by embodiment: ``{embodiment: {key: Tensor (B_e, ...)}}``.
 
     Tensors and arrays are stacked, ints/floats/bools become tensors, strings
-    (e.g. ``instruction``) are kept as lists. Order inside a group is the
+    (e.g. ``instruction``) are kept as lists, mappings (``images``) are
+    collated key by key. Order inside a group is the
     order of ``samples``.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
@@ -226,7 +238,9 @@ def _stack(group: list[Mapping[str, Any]]) -> dict[str, Any]:
         if hasattr(first, "shape") and any(tuple(v.shape) != tuple(first.shape) for v in vals):
             shapes = sorted({tuple(v.shape) for v in vals})
             raise ValueError(f"collate: samples of one embodiment disagree on the shape of {key!r}: {shapes}")
-        if isinstance(first, torch.Tensor):
+        if isinstance(first, Mapping):
+            out[key] = _stack(vals)
+        elif isinstance(first, torch.Tensor):
             out[key] = torch.stack(vals)
         elif isinstance(first, np.ndarray):
             out[key] = torch.from_numpy(np.stack(vals))
