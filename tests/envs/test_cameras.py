@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
+from genba.data.layout import Episode
 from genba.data.spec import EmbodimentSpec
 from genba.envs import collect as C
 from genba.envs import registry
@@ -94,15 +93,6 @@ def test_sawyer_goal_is_a_command_only_where_the_task_hands_it_over():
     assert np.allclose(door_states[0][4:7], metaworld._GOAL_MID)  # no pose leaks through the goal
 
 
-@dataclasses.dataclass
-class _Ep:  # stands in for genba.data.layout.Episode until its images field lands
-    observation: np.ndarray
-    action: np.ndarray
-    task_index: int
-    seed: int | None = None
-    images: dict | None = None
-
-
 def test_collect_pixels_records_frames_per_step(tmp_path):
     cfg = C.CollectConfig(tasks="metaworld/reach-v3,arm/jaco-reach", out=tmp_path, episodes=1, workers=0,
                           progress=False, obs="pixels", camera_size=24)
@@ -111,7 +101,7 @@ def test_collect_pixels_records_frames_per_step(tmp_path):
     by_name = C._by_embodiment(ledgers)
     assert sorted(by_name) == ["jaco_px", "sawyer_px"]
     for group in by_name.values():
-        eps = list(C.episodes_of(group, _Ep))
+        eps = list(C.episodes_of(group, Episode))
         assert len(eps) == 1
         ep, spec = eps[0], group[0].task.spec
         assert ep.observation.shape[1] == spec.obs_dim
@@ -137,3 +127,24 @@ def test_collect_pixels_renders_in_worker_processes(tmp_path):
     sawyer, dc = ledgers["sawyer_px"].kept[0], ledgers["dc"].kept[0]
     assert sawyer.images["corner2"].shape == (sawyer.steps, 16, 16, 3)
     assert dc.images is None and dc.observation.shape[1] == registry.get_task("drive/dc-current").spec.obs_dim
+
+
+def test_cli_collect_obs_pixels_writes_a_camera_dataset_that_reads_back(tmp_path, capsys):
+    from genba.cli import main
+    from genba.data.dataset import open_dataset
+
+    rc = main(["collect", "--tasks", "metaworld/reach-v3", "--episodes", "2", "--workers", "0", "--obs", "pixels",
+               "--camera-size", "32", "--out", str(tmp_path)])
+    assert rc == 0 and "sawyer_px" in capsys.readouterr().out
+    ds = open_dataset(tmp_path / "sawyer_px", cache_dir=None)
+    assert ds.spec.obs_mode == "pixels" and ds.spec == metaworld.build_pixel_spec(32)
+    frames = ds.images["corner2"].take(np.arange(ds.num_frames))
+    assert frames.shape == (ds.num_frames, 32, 32, 3) and frames.dtype == np.uint8
+    # the same episode again, rendered now: the stored video decodes to what the camera saw
+    task = registry.get_task("metaworld/reach-v3").view("pixels", 32)
+    seed = ds.extra["collection"]["tasks"]["metaworld/reach-v3"]["kept_seeds"][0]
+    env = task.make_env(seed)
+    _, info = env.reset(seed=seed)
+    env.close()
+    err = np.mean((frames[0].astype(float) - info["images"]["corner2"]) ** 2)
+    assert 10 * np.log10(255**2 / max(err, 1e-9)) >= 35

@@ -358,17 +358,10 @@ def write_embodiment(cfg: CollectConfig, name: str, ledgers: list[TaskLedger], *
 
 def episodes_of(ledgers: list[TaskLedger], episode_type: Any) -> Iterator[Any]:
     """The kept rollouts of one embodiment as ``episode_type`` (``genba.data.layout.Episode``) records,
-    with their camera frames when the spec has cameras."""
+    with their camera frames (camera name -> (T, H, W, 3) uint8) when the spec has cameras."""
     for ti, led in enumerate(ledgers):
         for r in led.kept:
-            if not led.task.spec.cameras:
-                yield episode_type(r.observation, r.action, ti, r.seed)
-                continue
-            try:
-                yield episode_type(r.observation, r.action, ti, r.seed, images=r.images)
-            except TypeError:  # a data layer from before cameras
-                raise RuntimeError(f"embodiment {led.task.spec.name!r} has cameras, but this genba's dataset "
-                                   "writer (genba.data.layout.Episode) takes no images") from None
+            yield episode_type(r.observation, r.action, ti, r.seed, images=r.images or {})
 
 
 def collection_report(cfg: CollectConfig, ledgers: list[TaskLedger], *, wall_s: float, cpu_s: float) -> dict:
