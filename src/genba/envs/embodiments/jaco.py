@@ -63,9 +63,9 @@ MAX_STEPS = {"reach": 100, "push": 200}
 # The camera (docs/machines.md#cameras): fixed, in front of and above the workspace, looking at its
 # centre, so the table, the box, the target marker and the tool are in every frame.
 CAMERA_SOURCE = "front"
-CAMERA_POS = (1.45, -0.75, 0.95)
-CAMERA_LOOK_AT = (0.40, 0.0, 0.16)
-CAMERA_FOVY = 50.0
+CAMERA_POS = (1.15, -0.55, 0.80)
+CAMERA_LOOK_AT = (0.42, 0.0, 0.14)
+CAMERA_FOVY = 45.0
 GOAL_MARKER_RADIUS = 0.02  # visible at 64 x 64 (about 5 px across)
 GOAL_RGBA = (0.1, 0.9, 0.1, 1.0)
 BOX_RGBA = (0.85, 0.2, 0.15, 1.0)
