@@ -56,6 +56,19 @@ def apply_fast_settings(model: mujoco.MjModel, height: int, width: int) -> None:
     model.vis.global_.offheight = max(int(model.vis.global_.offheight), height)
 
 
+def add_lookat_camera(body: mujoco.MjsBody, name: str, pos, look_at, fovy: float) -> mujoco.MjsCamera:
+    """A fixed camera on an ``MjSpec`` body at ``pos`` looking at ``look_at``, image upright (world z up)."""
+    fwd = np.subtract(look_at, pos, dtype=float)
+    fwd /= np.linalg.norm(fwd)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    cam = body.add_camera()
+    cam.name, cam.pos, cam.fovy = name, list(pos), fovy
+    cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_XYAXES
+    cam.alt.xyaxes = [*right, *np.cross(right, fwd)]  # x right, y up; a MuJoCo camera looks along -z
+    return cam
+
+
 class CameraRenderer:
     """Renders named cameras of one model at one size, as (H, W, 3) uint8 images, top row first.
 

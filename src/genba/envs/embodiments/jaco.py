@@ -66,10 +66,8 @@ CAMERA_SOURCE = "front"
 CAMERA_POS = (1.15, -0.55, 0.80)
 CAMERA_LOOK_AT = (0.42, 0.0, 0.14)
 CAMERA_FOVY = 45.0
-GOAL_MARKER_RADIUS = 0.02  # visible at 64 x 64 (about 5 px across)
-GOAL_RGBA = (0.1, 0.9, 0.1, 1.0)
-BOX_RGBA = (0.85, 0.2, 0.15, 1.0)
-TABLE_RGBA = (0.75, 0.7, 0.6, 1.0)
+GOAL_MARKER_RADIUS = 0.02  # visible at 64 x 64 (a few pixels across)
+GOAL_RGBA, BOX_RGBA, TABLE_RGBA = (0.1, 0.9, 0.1, 1.0), (0.85, 0.2, 0.15, 1.0), (0.75, 0.7, 0.6, 1.0)
 
 # Absolute positions, then the same positions as differences. The expert acts
 # on differences (the DLS error is goal - ee; the push script on object - ee
@@ -168,19 +166,11 @@ def _build_table_and_props(world: mujoco.MjsBody) -> None:
 
 
 def _add_lights_and_camera(world: mujoco.MjsBody) -> None:
+    from genba.envs.render import add_lookat_camera
+
     light = world.add_light()
-    light.pos, light.dir = [0.4, 0.0, 2.0], [0.0, 0.0, -1.0]
-    light.diffuse = [0.8, 0.8, 0.8]
-    cam = world.add_camera()
-    cam.name = CAMERA_SOURCE
-    cam.pos = CAMERA_POS
-    cam.fovy = CAMERA_FOVY
-    fwd = np.subtract(CAMERA_LOOK_AT, CAMERA_POS)
-    fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_XYAXES
-    cam.alt.xyaxes = [*right, *np.cross(right, fwd)]  # x right, y up; the camera looks along -z
+    light.pos, light.dir, light.diffuse = [0.4, 0.0, 2.0], [0.0, 0.0, -1.0], [0.8, 0.8, 0.8]
+    add_lookat_camera(world, CAMERA_SOURCE, CAMERA_POS, CAMERA_LOOK_AT, CAMERA_FOVY)
 
 
 def _add_intvelocity(s: mujoco.MjSpec, joint: str, i: int) -> None:
@@ -269,26 +259,22 @@ def build_spec() -> EmbodimentSpec:
 SPEC = build_spec()
 
 # ---- the pixels view -----------------------------------------------------------
-PIXEL_NAME = "jaco_px"
-# Joint positions and velocities, the tool tip (sensor), the target and the error to it (command).
+PIXEL_NAME = "jaco_px"  # joints and tool tip (sensor), the target and the error to it (command)
 _PIXEL_KEEP = (*range(0, 15), *range(GOAL_SLICE[0], GOAL_SLICE[1]), *range(EE_TO_GOAL_SLICE[0], EE_TO_GOAL_SLICE[1]))
 
 
 @functools.lru_cache(maxsize=8)
 def build_pixel_spec(camera_size: int = DEFAULT_CAMERA_SIZE) -> EmbodimentSpec:
     """``jaco_px``: joints, tool tip, target and tool->target; the ``front`` camera sees the box."""
-    keep = _PIXEL_KEEP
-    pick = lambda seq: tuple(seq[i] for i in keep)  # noqa: E731
+    pick = lambda seq: tuple(seq[i] for i in _PIXEL_KEEP)  # noqa: E731
     return dataclasses.replace(
         SPEC, name=PIXEL_NAME, obs_mode="pixels",
         obs_names=pick(SPEC.obs_names), obs_units=pick(SPEC.obs_units), obs_low=pick(SPEC.obs_low),
         obs_high=pick(SPEC.obs_high), obs_roles=pick(SPEC.obs_roles),
         cameras=(CameraSpec(CAMERA_SOURCE, camera_size, camera_size, CAMERA_SOURCE),),
-        description=("Kinova Jaco 6-axis arm with a capsule pusher tool on a table, seen through a fixed "
-                     "camera (front, above the workspace: table, red box, green target marker). Observation: "
-                     "joint positions and velocities and the tool tip (sensor), the target and "
-                     "ee_to_goal = target - tool tip (command); the box only in the image. Actions as in "
-                     "the 'jaco' spec."))
+        description=("The 'jaco' arm seen through the fixed camera 'front' (table, red box, green target). "
+                     "Observation: joint positions, velocities, tool tip (sensor), target and ee_to_goal = "
+                     "target - tool tip (command); the box is only in the image."))
 
 
 def make_pixel_env(task: str, seed: int, camera_size: int = DEFAULT_CAMERA_SIZE) -> Any:
