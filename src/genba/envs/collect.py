@@ -20,6 +20,12 @@ seed, so a collection stays reproducible. One level for every task (``0.2``)
 or one per selection (``"arms=0.2,drives=0.01"``: tasks not named get none):
 a drive's tracking threshold tolerates far less noise than an arm's task.
 
+``obs="pixels"`` records each task's camera view (``registry.Task.view``):
+the env renders every step in the worker (the fast settings of
+``genba.envs.render``), the expert still acts on the simulator's state, and
+the episodes carry the frames (``Episode.images``). Machines without a camera
+(the drives) are recorded as they are, so one batch may mix both.
+
 Nothing is written until every rollout is done, and each dataset is written
 atomically (``genba.data.layout.write_dataset``): an interrupted collect
 leaves no dataset that looks complete.
@@ -39,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from genba.data.spec import OBS_MODES
 from genba.envs import registry
 from genba.envs.seeds import train_seed
 
@@ -57,6 +64,7 @@ class Rollout:
     observation: np.ndarray | None = None  # (T, obs_dim) float32, None when not recorded
     action: np.ndarray | None = None  # (T, act_dim) float32
     tracking_error: float | None = None  # mean of info["tracking_error"] when the env reports it
+    images: dict[str, np.ndarray] | None = None  # camera -> (T, H, W, 3) uint8, when the env renders
 
 
 def run_episode(task: registry.Task, env: Any, policy: Callable[[np.ndarray], np.ndarray], seed: int,
@@ -73,11 +81,14 @@ def run_episode(task: registry.Task, env: Any, policy: Callable[[np.ndarray], np
     perturb = _perturbation(task, seed, noise)
     verdict = task.stop_rule().judge()
     obs_buf, act_buf, errs = [], [], []
+    img_buf: dict[str, list[np.ndarray]] = {name: [] for name in info.get("images", {})} if record else {}
     for t in range(task.max_steps):
         action = np.asarray(policy(obs), dtype=np.float32)
         if record:
             obs_buf.append(obs)
             act_buf.append(action)
+            for name, frames in img_buf.items():
+                frames.append(info["images"][name])  # the frame seen with obs_t
         obs, _, terminated, truncated, info = env.step(perturb(action))
         if "tracking_error" in info:
             errs.append(float(info["tracking_error"]))
@@ -89,6 +100,7 @@ def run_episode(task: registry.Task, env: Any, policy: Callable[[np.ndarray], np
         observation=np.stack(obs_buf).astype(np.float32) if record else None,
         action=np.stack(act_buf).astype(np.float32) if record else None,
         tracking_error=float(np.mean(errs)) if errs else None,
+        images={name: np.stack(frames) for name, frames in img_buf.items()} or None,
     )
 
 
@@ -108,32 +120,44 @@ def _perturbation(task: registry.Task, seed: int, noise: float) -> Callable[[np.
 
 
 # ---- worker processes ----------------------------------------------------------
-_ENVS: dict[str, tuple[Any, Any]] = {}  # per process: task id -> (env, expert)
+#: A recording view: (obs mode, camera size); state mode ignores the size.
+View = tuple[str, int]
+STATE_VIEW: View = ("state", registry.DEFAULT_CAMERA_SIZE)
+_ENVS: dict[tuple[str, View], tuple[Any, Any]] = {}  # per process: (task id, view) -> (env, expert)
 
 
-def env_and_expert(task_id: str, seed: int) -> tuple[registry.Task, Any, Any]:
-    task = registry.get_task(task_id)
-    if task_id not in _ENVS:
+def env_and_expert(task_id: str, seed: int, view: View = STATE_VIEW) -> tuple[registry.Task, Any, Any]:
+    task = registry.get_task(task_id).view(*view)
+    if (task_id, view) not in _ENVS:
         env = task.make_env(seed)
-        _ENVS[task_id] = (env, task.make_expert(env))
-    env, expert = _ENVS[task_id]
+        _ENVS[task_id, view] = (env, task.make_expert(env))
+    env, expert = _ENVS[task_id, view]
     return task, env, expert
 
 
-def expert_rollouts(item: tuple[str, list[tuple[int, int]], bool, float]) -> list[Rollout]:
-    """Worker job: ``(task_id, [(k, seed), ...], record, noise)`` -> expert rollouts."""
-    task_id, attempts, record, noise = item
+def expert_rollouts(item: tuple) -> list[Rollout]:
+    """Worker job: ``(task_id, [(k, seed), ...], record, noise[, view])`` -> expert rollouts.
+
+    Failed rollouts drop their frames here, in the worker: they are counted, never written, and
+    their images would only cost memory and pickling."""
+    task_id, attempts, record, noise, *rest = item
+    view = tuple(rest[0]) if rest else STATE_VIEW
     out = []
     for k, seed in attempts:
-        task, env, expert = env_and_expert(task_id, seed)
+        task, env, expert = env_and_expert(task_id, seed, view)
         expert.reset()
-        out.append(run_episode(task, env, expert.act, seed, k=k, record=record, noise=noise))
+        r = run_episode(task, env, expert.act, seed, k=k, record=record, noise=noise)
+        if not r.success:
+            r.images = None
+        out.append(r)
     return out
 
 
 @contextmanager
 def _worker_environment() -> Iterator[None]:
     """Variables spawned workers inherit: one BLAS thread, no MuJoCo display."""
+    # MUJOCO_GL stays "disable" by default: genba.envs.render makes its own EGL context when a
+    # camera view renders, so no worker opens a display.
     wanted = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "MUJOCO_GL": os.environ.get("MUJOCO_GL", "disable")}
     saved = {k: os.environ.get(k) for k in wanted}
@@ -174,10 +198,10 @@ def parallel_map(fn: Callable[[Any], Any], items: list, workers: int) -> Iterato
 
 
 def split_attempts(task_id: str, ks: list[int], seeds: list[int], record: bool,
-                   chunk: int, noise: float) -> list[tuple[str, list[tuple[int, int]], bool, float]]:
+                   chunk: int, noise: float, view: View = STATE_VIEW) -> list[tuple]:
     """Cut one task's attempts into jobs of at most ``chunk`` episodes."""
     pairs = list(zip(ks, seeds))
-    return [(task_id, pairs[i:i + chunk], record, noise) for i in range(0, len(pairs), chunk)]
+    return [(task_id, pairs[i:i + chunk], record, noise, view) for i in range(0, len(pairs), chunk)]
 
 
 def chunk_size(n_tasks: int, episodes: int, workers: int) -> int:
@@ -202,8 +226,18 @@ class CollectConfig:
     noise: str | float = "0"  # DART: "LEVEL" or "SELECTION=LEVEL,..." (fraction of each action's half range)
     overwrite: bool = False
     progress: bool = True
+    obs: str = "state"  # "pixels": each camera machine's camera view (see the module docstring)
+    camera_size: int = registry.DEFAULT_CAMERA_SIZE  # pixels, square
+
+    @property
+    def view(self) -> View:
+        return (self.obs, self.camera_size)
 
     def __post_init__(self) -> None:
+        if self.obs not in OBS_MODES:
+            raise ValueError(f"obs must be one of {OBS_MODES}, got {self.obs!r}")
+        if not 8 <= self.camera_size <= 1024:
+            raise ValueError(f"camera_size must be 8..1024 pixels, got {self.camera_size}")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.max_attempts_factor < 1:
@@ -265,7 +299,7 @@ class TaskLedger:
 
 def collect(cfg: CollectConfig) -> dict[str, Path]:
     """Run the experts and write one dataset per embodiment; returns name -> path."""
-    tasks = registry.resolve(cfg.tasks)
+    tasks = [t.view(*cfg.view) for t in registry.resolve(cfg.tasks)]
     _refuse_existing_outputs(cfg, tasks)
     noise_levels(cfg.noise, tasks)  # a bad selection fails before minutes of rollouts
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -293,7 +327,7 @@ def run_rounds(tasks: list[registry.Task], cfg: CollectConfig) -> list[TaskLedge
                 ks = list(range(led.next_k, led.next_k + want))
                 led.next_k += want
                 seeds = [train_seed(led.task.id, k, cfg.seed) for k in ks]
-                jobs += split_attempts(led.task.id, ks, seeds, True, chunk, led.noise)
+                jobs += split_attempts(led.task.id, ks, seeds, True, chunk, led.noise, cfg.view)
             if not jobs:
                 break
             bar.submit(sum(len(j[1]) for j in jobs))
@@ -313,14 +347,21 @@ def write_embodiment(cfg: CollectConfig, name: str, ledgers: list[TaskLedger], *
     from genba.data.layout import Episode, write_dataset  # envs -> data is the allowed direction
 
     spec = ledgers[0].task.spec
-    episodes = [Episode(r.observation, r.action, ti, r.seed)
-                for ti, led in enumerate(ledgers) for r in led.kept]
+    episodes = list(episodes_of(ledgers, Episode))
     report = collection_report(cfg, ledgers, wall_s=wall_s, cpu_s=cpu_s)
     if not episodes:
         raise RuntimeError(f"embodiment {name!r}: no successful episode in {report['attempted']} attempts; "
                            f"nothing to write")
     return write_dataset(cfg.out / name, episodes, spec, [led.task for led in ledgers],
                          extra={"collection": report}, overwrite=cfg.overwrite)
+
+
+def episodes_of(ledgers: list[TaskLedger], episode_type: Any) -> Iterator[Any]:
+    """The kept rollouts of one embodiment as ``episode_type`` (``genba.data.layout.Episode``) records,
+    with their camera frames (camera name -> (T, H, W, 3) uint8) when the spec has cameras."""
+    for ti, led in enumerate(ledgers):
+        for r in led.kept:
+            yield episode_type(r.observation, r.action, ti, r.seed, images=r.images or {})
 
 
 def collection_report(cfg: CollectConfig, ledgers: list[TaskLedger], *, wall_s: float, cpu_s: float) -> dict:
@@ -338,6 +379,7 @@ def collection_report(cfg: CollectConfig, ledgers: list[TaskLedger], *, wall_s: 
         "episodes_requested_per_task": cfg.episodes, "base_seed": cfg.seed,
         "seed_rule": "genba.envs.seeds.train_seed(task_id, k, base_seed)",
         "max_attempts_factor": cfg.max_attempts_factor, "workers": cfg.workers,
+        "obs": cfg.obs, "camera_size": cfg.camera_size if cfg.obs == "pixels" else None,
         "noise": cfg.noise, "noise_rule": "executed = clip(expert + N(0, level * half range)); label = expert",
         "attempted": sum(t["attempted"] for t in per_task.values()),
         "kept": sum(t["kept"] for t in per_task.values()),

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from genba.data.spec import OBS_MODES
 from genba.envs import registry
+from genba.envs.registry import DEFAULT_CAMERA_SIZE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="DART: run the expert with Gaussian action noise (std as a fraction of each action's "
                         "half range) and record its clean action: one LEVEL, or SELECTION=LEVEL,... per task "
                         "or group (e.g. arms=0.2,drives=0.01); 0 (default) records plain demonstrations")
+    p.add_argument("--obs", choices=OBS_MODES, default="state",
+                   help="state: the simulator's full observation; pixels: what the machine senses plus its "
+                        "cameras (datasets named <embodiment>_px, e.g. sawyer_px; drives have no camera and "
+                        "stay as they are)")
+    p.add_argument("--camera-size", type=_positive_int, default=DEFAULT_CAMERA_SIZE,
+                   help=f"camera resolution in pixels, square (default {DEFAULT_CAMERA_SIZE}; with --obs pixels)")
     p.add_argument("--overwrite", action="store_true", help="replace datasets that already exist")
     p.set_defaults(func=cmd_collect)
 
@@ -72,10 +80,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     tasks = _resolve(args.group) if args.group else registry.all_tasks()
     table = Table(title=f"{len(tasks)} tasks" + (f" in {args.group}" if args.group else ""))
-    for col in ("id", "embodiment", "obs", "act", "Hz", "groups", "instruction (en)", "instruction (ja)"):
+    for col in ("id", "embodiment", "obs", "act", "Hz", "cameras (--obs pixels)", "groups", "instruction (en)",
+                "instruction (ja)"):
         table.add_column(col, overflow="fold")
     for t in tasks:
-        table.add_row(t.id, t.embodiment, str(t.spec.obs_dim), str(t.spec.action_dim), f"{t.spec.fps:g}",
+        px = t.view("pixels").spec
+        cams = f"{px.name}: {','.join(c.name for c in px.cameras)}, obs {px.obs_dim}" if px.cameras else "-"
+        table.add_row(t.id, t.embodiment, str(t.spec.obs_dim), str(t.spec.action_dim), f"{t.spec.fps:g}", cams,
                       ",".join(t.groups), t.instruction_en, t.instruction_ja)
     # rich falls back to 80 columns when piped; the instructions need more
     (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
@@ -102,16 +113,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
     try:
         cfg = CollectConfig(tasks=args.tasks, out=args.out, episodes=args.episodes, workers=args.workers,
                             seed=args.seed, max_attempts_factor=args.max_attempts_factor,
-                            noise=args.noise, overwrite=args.overwrite)
+                            noise=args.noise, overwrite=args.overwrite, obs=args.obs,
+                            camera_size=args.camera_size)
     except ValueError as e:
-        raise CLIError(f"--noise/--max-attempts-factor: {e}") from None
+        raise CLIError(f"--noise/--max-attempts-factor/--camera-size: {e}") from None
     try:
         noise_levels(cfg.noise, tasks)
     except ValueError as e:
         raise CLIError(f"--noise: {e}") from None
     try:
         paths = collect(cfg)
-    except (FileExistsError, RuntimeError) as e:  # an existing output; an embodiment with no success at all
+    except (FileExistsError, RuntimeError) as e:  # an existing output; no success at all; no GL context
         raise CLIError(str(e)) from None
     for name, path in paths.items():
         _print_summary(name, path)

@@ -8,11 +8,18 @@ A task id is ``<family>/<name>``, e.g. ``metaworld/reach-v3``,
 ``drive/pmsm-current``, ``arm/jaco-reach``. Groups (``mt10``, ``mt50``,
 ``drives``, ``arms``, ``all``) name sets of tasks. :class:`StopRule` is how an
 episode ends and is judged, for collectors and evaluators alike.
+
+A task with cameras has a ``pixels`` view (:meth:`Task.view`): the same task
+under its embodiment's camera spec (``<name>_px``: own sensing, commands and
+camera images, nothing simulator-only), with an env that renders and an expert
+that still acts on the simulator's state (docs/machines.md#cameras).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -23,7 +30,10 @@ import gymnasium as gym
 import numpy as np
 
 from genba.data.language import LANGS
-from genba.data.spec import EmbodimentSpec
+from genba.data.spec import OBS_MODES, EmbodimentSpec
+
+#: The default camera resolution (square): see docs/machines.md#cameras for the measurement behind it.
+DEFAULT_CAMERA_SIZE = 64
 
 
 class Expert(Protocol):
@@ -51,6 +61,30 @@ class Task:
     # counts (Meta-World) and a collector stops n steps after the first success
     # (the extra frames teach holding); an evaluator stops at the first success.
     stop_after_success: int | None = None
+    # The camera view (None: the machine has no camera). ``pixel_spec(camera_size)`` is the pixels-mode
+    # spec; ``make_pixel_env(seed, camera_size=...)`` an env whose observations follow it, whose ``info``
+    # carries ``images`` (camera name -> (H, W, 3) uint8) and whose ``state_obs`` is the state-mode
+    # observation the expert acts on.
+    pixel_spec: Callable[[int], EmbodimentSpec] | None = None
+    make_pixel_env: Callable[..., gym.Env] | None = None
+
+    @property
+    def has_cameras(self) -> bool:
+        return self.pixel_spec is not None
+
+    def view(self, obs_mode: str = "state", camera_size: int = DEFAULT_CAMERA_SIZE) -> Task:
+        """This task recorded in ``obs_mode``: itself for ``state``, and for a camera-less machine
+        (a drive has nothing simulator-only to hide; a mixed batch keeps it as it is)."""
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"observation mode {obs_mode!r}: expected one of {OBS_MODES}")
+        if obs_mode == "state" or not self.has_cameras:
+            return self
+        if not 8 <= camera_size <= 1024:
+            raise ValueError(f"camera size {camera_size}: expected 8..1024 pixels")
+        return dataclasses.replace(
+            self, spec=self.pixel_spec(camera_size), pixel_spec=None, make_pixel_env=None,
+            make_env=functools.partial(self.make_pixel_env, camera_size=camera_size),
+            make_expert=functools.partial(_privileged_expert, self.make_expert))
 
     @property
     def embodiment(self) -> str:
@@ -106,6 +140,24 @@ class Verdict:
     @property
     def success(self) -> bool:
         return self.first_success is not None if self.rule.hold is not None else self.last_success
+
+
+class PrivilegedExpert:
+    """A state-mode expert driving a pixels-mode env: it acts on ``env.state_obs``, never on the
+    recorded observation (a scripted expert needs the object poses the camera spec hides)."""
+
+    def __init__(self, expert: Expert, env: Any) -> None:
+        self.expert, self.env = expert, env
+
+    def reset(self) -> None:
+        self.expert.reset()
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.expert.act(self.env.state_obs)
+
+
+def _privileged_expert(make_expert: Callable[[gym.Env], Expert], env: Any) -> PrivilegedExpert:
+    return PrivilegedExpert(make_expert(env.state_env), env)
 
 
 class UnknownTaskError(KeyError):

@@ -12,6 +12,8 @@ docs/machines.md#kinova-jaco.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -20,8 +22,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from genba.data.spec import EmbodimentSpec, SafetyLimits
-from genba.envs.registry import Task, register
+from genba.data.spec import CameraSpec, EmbodimentSpec, SafetyLimits
+from genba.envs.registry import DEFAULT_CAMERA_SIZE, Task, register
 
 # ---- the machine -----------------------------------------------------------
 JOINTS = tuple(f"joint_{i}" for i in range(1, 7))
@@ -57,6 +59,15 @@ GOAL_LOW, GOAL_HIGH = np.array([0.32, -0.28]), np.array([0.62, 0.28])
 PUSH_DIST = (0.10, 0.25)
 PUSH_TOL = 0.05
 MAX_STEPS = {"reach": 100, "push": 200}
+
+# The camera (docs/machines.md#cameras): fixed, in front of and above the workspace, looking at its
+# centre, so the table, the box, the target marker and the tool are in every frame.
+CAMERA_SOURCE = "front"
+CAMERA_POS = (1.15, -0.55, 0.80)
+CAMERA_LOOK_AT = (0.42, 0.0, 0.14)
+CAMERA_FOVY = 45.0
+GOAL_MARKER_RADIUS = 0.02  # visible at 64 x 64 (a few pixels across)
+GOAL_RGBA, BOX_RGBA, TABLE_RGBA = (0.1, 0.9, 0.1, 1.0), (0.85, 0.2, 0.15, 1.0), (0.75, 0.7, 0.6, 1.0)
 
 # Absolute positions, then the same positions as differences. The expert acts
 # on differences (the DLS error is goal - ee; the push script on object - ee
@@ -141,12 +152,25 @@ def _build_table_and_props(world: mujoco.MjsBody) -> None:
     g.mass = 0.2
     g.friction = [0.5, 0.005, 0.0001]
     g.contype, g.conaffinity = 3, 3
+    g.rgba = BOX_RGBA
+    table.rgba = TABLE_RGBA
     goal = world.add_body()  # mocap: its position lives in MjData, one model serves all envs
     goal.name = "goal"
     goal.mocap = True
     marker = goal.add_site()
     marker.name = "goal"
-    marker.size = [0.01, 0, 0]
+    marker.size = [GOAL_MARKER_RADIUS, 0, 0]  # a site: seen by the camera, felt by nothing
+    marker.rgba = GOAL_RGBA
+    marker.group = 0  # the arm model's default class puts sites in group 4, which MuJoCo does not draw
+    _add_lights_and_camera(world)
+
+
+def _add_lights_and_camera(world: mujoco.MjsBody) -> None:
+    from genba.envs.render import add_lookat_camera
+
+    light = world.add_light()
+    light.pos, light.dir, light.diffuse = [0.4, 0.0, 2.0], [0.0, 0.0, -1.0], [0.8, 0.8, 0.8]
+    add_lookat_camera(world, CAMERA_SOURCE, CAMERA_POS, CAMERA_LOOK_AT, CAMERA_FOVY)
 
 
 def _add_intvelocity(s: mujoco.MjSpec, joint: str, i: int) -> None:
@@ -200,8 +224,11 @@ def build_spec() -> EmbodimentSpec:
     rate = tuple(float(np.ceil(v * _FILTER_L1[0] / dt * 100) / 100) for v in MAX_VEL)
     accel = tuple(float(np.ceil(v * _FILTER_L1[1] / dt**2)) for v in MAX_VEL)
     jerk = tuple(float(np.ceil(v * _FILTER_L1[2] / dt**3)) for v in MAX_VEL)
+    # The box and everything derived from it is simulator ground truth; the goal is the target the
+    # task hands the arm (a command), and ee_to_goal the error to it, computable on the cell too.
+    roles = tuple("sim" if "object" in n else "command" if "goal" in n else "sensor" for n in _OBS_NAMES)
     return EmbodimentSpec(
-        name="jaco",
+        name="jaco", obs_roles=roles,
         robot_type="kinova_jaco_6dof",
         obs_names=tuple(_OBS_NAMES),
         obs_units=tuple(["rad"] * 6 + ["rad/s"] * 6 + ["m"] * 18),
@@ -230,6 +257,35 @@ def build_spec() -> EmbodimentSpec:
 
 
 SPEC = build_spec()
+
+# ---- the pixels view -----------------------------------------------------------
+PIXEL_NAME = "jaco_px"  # joints and tool tip (sensor), the target and the error to it (command)
+_PIXEL_KEEP = (*range(0, 15), *range(GOAL_SLICE[0], GOAL_SLICE[1]), *range(EE_TO_GOAL_SLICE[0], EE_TO_GOAL_SLICE[1]))
+
+
+@functools.lru_cache(maxsize=8)
+def build_pixel_spec(camera_size: int = DEFAULT_CAMERA_SIZE) -> EmbodimentSpec:
+    """``jaco_px``: joints, tool tip, target and tool->target; the ``front`` camera sees the box."""
+    pick = lambda seq: tuple(seq[i] for i in _PIXEL_KEEP)  # noqa: E731
+    return dataclasses.replace(
+        SPEC, name=PIXEL_NAME, obs_mode="pixels",
+        obs_names=pick(SPEC.obs_names), obs_units=pick(SPEC.obs_units), obs_low=pick(SPEC.obs_low),
+        obs_high=pick(SPEC.obs_high), obs_roles=pick(SPEC.obs_roles),
+        cameras=(CameraSpec(CAMERA_SOURCE, camera_size, camera_size, CAMERA_SOURCE),),
+        description=("The 'jaco' arm seen through the fixed camera 'front' (table, red box, green target). "
+                     "Observation: joint positions, velocities, tool tip (sensor), target and ee_to_goal = "
+                     "target - tool tip (command); the box is only in the image."))
+
+
+def make_pixel_env(task: str, seed: int, camera_size: int = DEFAULT_CAMERA_SIZE) -> Any:
+    from genba.envs.render import CameraRenderer, PixelEnv
+
+    env = JacoEnv(task, seed)
+    # The renderer's fast settings go on a copy: build_model() is shared by the process's state envs.
+    env.model = copy.copy(env.model)
+    renderer = CameraRenderer(env.model, {CAMERA_SOURCE: CAMERA_SOURCE}, camera_size, camera_size)
+    keep = np.asarray(_PIXEL_KEEP)
+    return PixelEnv(env, build_pixel_spec(camera_size), renderer, env.data, lambda obs: obs[keep])
 
 
 # ---- environment -------------------------------------------------------------
@@ -432,12 +488,12 @@ register(Task(
     instruction_en="Move the tool tip of the arm to the target point.",
     instruction_ja="アームのツール先端を目標点まで動かしてください。",
     max_steps=MAX_STEPS["reach"], make_env=_make_env("reach"), make_expert=_make_expert("reach"),
-    groups=("arms",),
+    groups=("arms",), pixel_spec=build_pixel_spec, make_pixel_env=functools.partial(make_pixel_env, "reach"),
 ))
 register(Task(
     id="arm/jaco-push", spec=SPEC,
     instruction_en="Push the box across the table onto the goal marker.",
     instruction_ja="箱をテーブルの上で押して、目標マーカーの位置まで動かしてください。",
     max_steps=MAX_STEPS["push"], make_env=_make_env("push"), make_expert=_make_expert("push"),
-    groups=("arms",),
+    groups=("arms",), pixel_spec=build_pixel_spec, make_pixel_env=functools.partial(make_pixel_env, "push"),
 ))

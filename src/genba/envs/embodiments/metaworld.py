@@ -6,10 +6,16 @@ actually seeds, and the same clipping on ``reset`` and ``step``: each fixes a
 trap of Meta-World 3.1.1 (which, and why: docs/machines.md#sawyer-arm-meta-world).
 The 39-d observation is the current frame (hand xyz, gripper opening, two
 objects' position and quaternion), the previous frame, and the goal xyz.
+
+The pixels view (spec ``sawyer_px``) keeps the hand and gripper, hands the goal
+over as a command only where the task gives it to the machine
+(:data:`GOAL_COMMAND_TASKS`), and adds the ``corner2`` camera
+(docs/machines.md#cameras).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import types
 import warnings
@@ -18,8 +24,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from genba.data.spec import EmbodimentSpec, SafetyLimits
-from genba.envs.registry import Task, register
+from genba.data.spec import CameraSpec, EmbodimentSpec, SafetyLimits
+from genba.envs.registry import DEFAULT_CAMERA_SIZE, Task, register
 
 MAX_STEPS = 500  # Meta-World's horizon (max_path_length)
 HOLD_STEPS = 10  # frames kept after first success so the policy learns to hold
@@ -111,8 +117,11 @@ def build_spec() -> EmbodimentSpec:
     feats = _frame_features("") + _frame_features("prev_")
     feats += [(f"goal_{a}", "m", lo, hi) for a, lo, hi in zip("xyz", _GOAL_LOW, _GOAL_HIGH)]
     names, units, low, high = zip(*feats)
+    # Objects are simulator ground truth; so is the goal here, since most tasks derive it from an
+    # object's pose (GOAL_COMMAND_TASKS lists those that hand it over: the pixels view keeps it there).
+    roles = tuple("sensor" if n.removeprefix("prev_").startswith(("hand_", "gripper")) else "sim" for n in names)
     return EmbodimentSpec(
-        name="sawyer",
+        name="sawyer", obs_roles=roles,
         robot_type="sawyer",
         obs_names=names, obs_units=units, obs_low=low, obs_high=high,
         action_names=("dx", "dy", "dz", "grip"),
@@ -139,6 +148,58 @@ def build_spec() -> EmbodimentSpec:
 
 
 SPEC = build_spec()
+
+
+# ---- the pixels view -----------------------------------------------------------
+PIXEL_NAME = "sawyer_px"
+# LeRobot's Meta-World env moves corner2 here (its comment cites arXiv 2206.14244) and flips both image
+# axes (the camera is mounted upside down); we do the same, so our frames match LeRobot's datasets. Its
+# fovy (60) is kept: at 45 the objects double in size but a lifted hand leaves the top of the frame.
+CORNER2_POS = (0.75, 0.075, 0.7)
+CAMERAS = {"corner2": "corner2"}
+CAMERA_FLIP = {"corner2": (0, 1)}
+# Tasks whose goal is a free target position drawn apart from the objects' poses: the task hands it to
+# the machine, like a drive's reference, so the pixels view keeps it as a command. Everywhere else the
+# goal is derived from an object or fixture pose (door-open: handle + offset, drawer: drawer + offset,
+# button: the button's hole, peg-insert: the box's hole, window: the window's pose): giving it would leak
+# that pose, so the entries hold the centre of the goal range with goal_given = 0, and the camera shows
+# the object the goal follows from.
+GOAL_COMMAND_TASKS = frozenset({"reach-v3", "push-v3", "pick-place-v3", "push-back-v3", "reach-wall-v3",
+                                "push-wall-v3", "pick-place-wall-v3"})
+_GOAL_MID = tuple((lo + hi) / 2 for lo, hi in zip(_GOAL_LOW, _GOAL_HIGH))
+
+
+@functools.lru_cache(maxsize=8)
+def build_pixel_spec(camera_size: int = DEFAULT_CAMERA_SIZE) -> EmbodimentSpec:
+    """``sawyer_px``: hand xyz and gripper (sensor), goal xyz and goal_given (command), the corner2 camera."""
+    names = ("hand_x", "hand_y", "hand_z", "gripper_open", "goal_x", "goal_y", "goal_z", "goal_given")
+    return dataclasses.replace(
+        SPEC, name=PIXEL_NAME, obs_mode="pixels",
+        obs_names=names, obs_units=("m", "m", "m", "1", "m", "m", "m", "1"),
+        obs_low=(*_HAND_LOW, 0.0, *_GOAL_LOW, 0.0), obs_high=(*_HAND_HIGH, 1.0, *_GOAL_HIGH, 1.0),
+        obs_roles=("sensor",) * 4 + ("command",) * 4,
+        cameras=tuple(CameraSpec(n, camera_size, camera_size, src) for n, src in CAMERAS.items()),
+        description=(
+            "Rethink Sawyer in Meta-World v3, seen through a camera. Observation: hand xyz and gripper "
+            "opening 0..1 (sensor); goal xyz and goal_given (command: the goal where the task hands it to "
+            "the machine, else the centre of the goal range with goal_given 0); corner2 camera (LeRobot's "
+            "pose). Action as in the 'sawyer' spec."))
+
+
+def make_pixel_env(env_name: str, seed: int, camera_size: int = DEFAULT_CAMERA_SIZE) -> Any:
+    from genba.envs.render import CameraRenderer, PixelEnv
+
+    env = SawyerEnv(env_name, seed)
+    model = env.sim.model
+    model.cam_pos[model.camera("corner2").id] = CORNER2_POS
+    renderer = CameraRenderer(model, CAMERAS, camera_size, camera_size, flip=CAMERA_FLIP)
+    given = env_name in GOAL_COMMAND_TASKS
+
+    def project(obs: np.ndarray) -> np.ndarray:
+        goal = obs[36:39] if given else _GOAL_MID
+        return np.concatenate([obs[:4], goal, [1.0 if given else 0.0]])
+
+    return PixelEnv(env, build_pixel_spec(camera_size), renderer, env.sim.data, project)
 
 
 # ---- the Gymnasium env -------------------------------------------------------
@@ -284,6 +345,7 @@ def _register_all() -> None:
             id=f"metaworld/{name}", spec=SPEC, instruction_en=en, instruction_ja=ja, max_steps=MAX_STEPS,
             make_env=functools.partial(make_env, name), make_expert=functools.partial(make_expert, name),
             groups=("mt50", "mt10") if name in MT10 else ("mt50",), stop_after_success=HOLD_STEPS,
+            pixel_spec=build_pixel_spec, make_pixel_env=functools.partial(make_pixel_env, name),
         ))
 
 
