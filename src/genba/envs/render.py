@@ -16,6 +16,7 @@ default (Mesa's ``libEGL_mesa`` on a CPU-only machine, the driver's on a GPU);
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -29,6 +30,13 @@ class RenderError(RuntimeError):
     """No GL context could be made, or a camera is missing."""
 
 
+def _free_context() -> None:
+    global _CONTEXT
+    if _CONTEXT is not None:
+        _CONTEXT.free()
+        _CONTEXT = None
+
+
 def gl_context() -> Any:
     """This process's offscreen GL context, made current (created on first use)."""
     global _CONTEXT
@@ -40,6 +48,7 @@ def gl_context() -> Any:
             else:
                 from mujoco.egl import GLContext
             _CONTEXT = GLContext(64, 64)  # the offscreen framebuffer's size comes from the model, not this
+            atexit.register(_free_context)  # while PyOpenGL still exists: its __del__ at teardown prints a traceback
         except Exception as e:  # ImportError, EGLError, AttributeError from PyOpenGL without a library
             raise RenderError(f"cannot make a {backend} GL context for rendering ({type(e).__name__}: {e}); "
                               "install the system libraries with `make render-deps` (libegl1, libgl1-mesa-dri)"
