@@ -139,7 +139,8 @@ def measure(preset: str, precision: str, batch_size: int, steps: int, instructio
             "params": sum(p.numel() for p in model.parameters()), "trunk_params": trunk,
             "tokens_per_sample": cfg.tokens_per_step, "samples_per_s": steps * batch_size / dt,
             "step_ms": 1e3 * dt / steps, "flops_per_sample_counted": flops_per_sample,
-            "flops_per_sample_6NT": 6.0 * trunk * cfg.tokens_per_step}
+            "flops_per_sample_6NT": 6.0 * trunk * (cfg.tokens_per_step if camera_size is None
+                                                   else cfg.tokens_with_cameras(n_cams))}
 
 
 def encoder_seconds(model, batch, precision: str, steps: int) -> float:

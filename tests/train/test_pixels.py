@@ -154,3 +154,15 @@ def test_state_only_models_build_no_image_stem_and_mixed_batches_run(pixel_data)
     loss.backward()
     assert model.image.convs[0].weight.grad.abs().sum() > 0
     assert np.isfinite(metrics["loss/toydrive"])
+
+
+def test_ddp_touches_the_idle_image_encoder(pixel_data):
+    from genba.train.parallelize import LossModule
+
+    data = T.build_datasets(CFG, pixel_data)
+    model = build_model(get_preset("debug-pixels"), data.specs, "cpu", seed=0)
+    drive_only = T.make_batch(data, np.arange(80, 100), torch.device("cpu"))
+    assert set(drive_only) == {"toydrive"}
+    loss, _ = LossModule(model, touch_idle=True)(drive_only)
+    loss.backward()
+    assert all(p.grad is not None for p in model.image.parameters())  # DDP needs a gradient for every parameter
