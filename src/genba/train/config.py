@@ -145,6 +145,9 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         # parameters bf16 autocast measured no faster here (benchmarks/train_throughput.py).
         _SMALL.replace(name="small-20min", minutes=20.0),
         _SMALL.replace(name="small-10min", minutes=10.0),
+        # From pixels (issue 21): the small trunk with the image stem, 20 and 40 minutes (the issue's bars)
+        _SMALL.replace(name="small-pixels-20min", model="small-pixels", minutes=20.0),
+        _SMALL.replace(name="small-pixels-40min", model="small-pixels", minutes=40.0),
         TrainConfig(name="base", model="base", steps=100_000, batch_size=256, lr=6e-4, warmup_steps=2000,
                     log_every=50, ckpt_every=5000, precision="bf16"),
     )
