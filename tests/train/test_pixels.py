@@ -70,13 +70,9 @@ def test_trains_saves_resumes_and_a_policy_answers_with_an_image(pixel_data, tmp
     for _ in range(3):  # a history of frames, then the chunk
         a = policy.infer(_obs(cam, rng))
         assert a.shape == (2,) and a.dtype == np.float32 and np.all(np.isfinite(a))
-    assert policy.infer_chunk(_obs(cam, rng)).shape == (CFG_CHUNK(), 2)
+    assert policy.infer_chunk(_obs(cam, rng)).shape == (get_preset("debug-pixels").chunk, 2)
     other = policy.fork()
     assert other.infer(_obs(drive, rng)).shape == (2,)  # the camera-less machine, same checkpoint
-
-
-def CFG_CHUNK() -> int:
-    return get_preset("debug-pixels").chunk
 
 
 def test_the_image_changes_the_action(pixel_data, tmp_path):
