@@ -11,7 +11,13 @@ step (matmuls and attention, forward + backward) and compared with the usual
 ``matmul_peak.py`` in the same dtype is the utilization.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_throughput.py [--preset small] [--steps 30]
+
+``--pixels`` (issue 21): every sample is a camera machine (a Sawyer-like 8-entry state plus one
+``--camera-size`` camera, 64x64 by default; preset ``small-pixels``, history 2), its uint8 frames
+shifted (DrQ, pad 4) and normalized inside the timed step as the trainer does; the image encoder's
+share is its own forward + backward on the step's frames over the step time.
 """
+
 
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 import matmul_peak  # noqa: E402
 
+from genba.data.spec import CameraSpec  # noqa: E402
+from genba.data.transforms import NormalizeImages, RandomShift  # noqa: E402
 from genba.model.config import get_preset  # noqa: E402
 from genba.model.counts import nominal_specs  # noqa: E402
 from genba.model.generalist import build_model  # noqa: E402
@@ -61,10 +69,39 @@ def synthetic_batch(cfg, specs, batch_size: int, seed: int = 0, instructions: in
     return out
 
 
-def step_fn(model, optimizer, precision: str):
+def pixel_specs(size: int) -> dict:
+    """One camera machine: 8 state entries (hand, gripper, goal), 4 actions, one size x size camera."""
+    import dataclasses
+
+    from genba.model.counts import _spec
+
+    return {"campx": dataclasses.replace(_spec("campx", 8, 4), cameras=(CameraSpec("corner2", size, size, "corner2"),),
+                                         obs_mode="pixels")}
+
+
+def pixel_stats(specs) -> dict:
+    one = {"mean": np.full((3, 1, 1), 0.3), "std": np.full((3, 1, 1), 0.2)}
+    return {n: {c.feature: one for c in s.cameras} for n, s in specs.items()}
+
+
+def add_frames(batch, cfg, specs, seed: int) -> dict:
+    """uint8 frames (B, H, h, w, 3) per camera, as the reader gathers them."""
+    g = torch.Generator().manual_seed(seed)
+    for name, b in batch.items():
+        B = b["observation.state"].shape[0]
+        b["raw_images"] = {c.name: torch.randint(0, 256, (B, cfg.history, *c.shape), generator=g, dtype=torch.uint8)
+                           for c in specs[name].cameras}
+    return batch
+
+
+def step_fn(model, optimizer, precision: str, images=None):
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    shift = RandomShift(4)
 
     def step(batch):
+        for name, b in batch.items():  # the trainer's make_batch: shift, then normalize (timed)
+            if "raw_images" in b:
+                b["images"] = images(shift({"embodiment": name, "images": b["raw_images"]}))["images"]
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             loss, _ = model.loss(batch)
         loss.backward()
@@ -75,13 +112,16 @@ def step_fn(model, optimizer, precision: str):
     return step
 
 
-def measure(preset: str, precision: str, batch_size: int, steps: int, instructions: int = 32) -> dict:
+def measure(preset: str, precision: str, batch_size: int, steps: int, instructions: int = 32,
+            camera_size: int | None = None) -> dict:
     cfg, tcfg = get_preset(preset), get_train_preset("small").replace(model=preset)
-    specs = nominal_specs()
+    specs = nominal_specs() if camera_size is None else pixel_specs(camera_size)
     model = build_model(cfg, specs, torch.device("cpu"), seed=0)
     optimizer = build_optimizer(model, tcfg)
-    step = step_fn(model, optimizer, precision)
+    step = step_fn(model, optimizer, precision, NormalizeImages(pixel_stats(specs)))
     batches = [synthetic_batch(cfg, specs, batch_size, seed=i, instructions=instructions) for i in range(4)]
+    if camera_size is not None:
+        batches = [add_frames(b, cfg, specs, i) for i, b in enumerate(batches)]
     with FlopCounterMode(display=False) as fc:
         step(batches[0])
     flops_per_sample = fc.get_total_flops() / batch_size
@@ -92,11 +132,30 @@ def measure(preset: str, precision: str, batch_size: int, steps: int, instructio
         step(batches[i % len(batches)])
     dt = time.perf_counter() - t0
     trunk = sum(p.numel() for n, p in model.named_parameters() if n.startswith("trunk."))
-    return {"preset": preset, "precision": precision, "batch_size": batch_size,
+    encoder_share = None if camera_size is None else encoder_seconds(model, batches[0], precision, steps) / (dt / steps)
+    n_cams = max(len(s.cameras) for s in specs.values())
+    return {"preset": preset, "precision": precision, "batch_size": batch_size, "camera_size": camera_size,
+            "encoder_share": encoder_share, "tokens_with_cameras": cfg.tokens_with_cameras(n_cams),
             "params": sum(p.numel() for p in model.parameters()), "trunk_params": trunk,
             "tokens_per_sample": cfg.tokens_per_step, "samples_per_s": steps * batch_size / dt,
             "step_ms": 1e3 * dt / steps, "flops_per_sample_counted": flops_per_sample,
-            "flops_per_sample_6NT": 6.0 * trunk * cfg.tokens_per_step}
+            "flops_per_sample_6NT": 6.0 * trunk * (cfg.tokens_per_step if camera_size is None
+                                                   else cfg.tokens_with_cameras(n_cams))}
+
+
+def encoder_seconds(model, batch, precision: str, steps: int) -> float:
+    """Seconds of one image-encoder forward + backward on a step's frames (the share's numerator)."""
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    frames = torch.cat([v.flatten(0, 1) for b in batch.values() for v in b["images"].values()])  # (B*H, h, w, 3)
+    times = []
+    for _ in range(max(3, steps // 3)):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            out = model.image(frames)
+        out.float().square().mean().backward()
+        times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return float(np.median(times))
 
 
 def main() -> None:
@@ -106,15 +165,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--instructions", type=int, default=32, help="distinct instructions in the data (>= 1)")
+    ap.add_argument("--pixels", action="store_true", help="camera samples (one camera, preset small-pixels)")
+    ap.add_argument("--camera-size", type=int, default=64)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    if args.pixels and args.preset == "small":
+        args.preset = "small-pixels"
     if args.instructions < 1:
         ap.error(f"--instructions must be >= 1, got {args.instructions}")
     torch.set_num_threads(1)
     peak = matmul_peak.measure(threads=1, seconds=0.5)
     rows = []
     for prec in args.precision:
-        r = measure(args.preset, prec, args.batch_size, args.steps, args.instructions)
+        r = measure(args.preset, prec, args.batch_size, args.steps, args.instructions,
+                    args.camera_size if args.pixels else None)
         r["peak_gflops"] = peak[prec]["peak"]
         r["achieved_gflops"] = r["samples_per_s"] * r["flops_per_sample_counted"] / 1e9
         r["fraction_of_peak"] = r["achieved_gflops"] / r["peak_gflops"]
@@ -124,6 +188,10 @@ def main() -> None:
               f"(6*N*T estimate {r['flops_per_sample_6NT'] / 1e6:.1f}); {r['achieved_gflops']:.1f} GFLOP/s = "
               f"{100 * r['fraction_of_peak']:.0f}% of the {r['peak_gflops']:.0f} GFLOP/s {prec} matmul peak "
               f"[{r['params'] / 1e6:.2f}M params, 1 thread]")
+        if args.pixels:
+            print(f"  one {args.camera_size}x{args.camera_size} camera, history {get_preset(args.preset).history}, "
+                  f"{r['tokens_with_cameras']} trunk tokens/sample: image encoder (fwd + bwd) "
+                  f"{100 * r['encoder_share']:.0f}% of the step")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     np.set_printoptions()

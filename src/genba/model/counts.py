@@ -14,7 +14,7 @@ from genba.model.config import get_preset
 from genba.model.generalist import Generalist
 
 COMPONENTS = ("attention", "dense_mlp", "routed_experts", "shared_experts", "router", "norms",
-              "language_encoder", "embeddings", "stems_heads")
+              "language_encoder", "embeddings", "stems_heads", "image_encoder")
 
 
 def nominal_specs() -> dict[str, EmbodimentSpec]:
@@ -40,6 +40,8 @@ def component_of(name: str, model: Generalist) -> str:
         return "embeddings"
     if parts[0] == "lang":
         return "language_encoder"
+    if parts[0] == "image":  # the shared camera encoder (genba.model.vision); only with camera embodiments
+        return "image_encoder"
     if "norm" in name:
         return "norms"
     if ".attn." in name:

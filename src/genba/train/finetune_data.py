@@ -199,7 +199,7 @@ def build_data(datasets: list, replay: list, stats: dict, mode: str, cfg, model_
     ``route`` (a RouteInstruction) keys each dataset's samples to the model entry its instructions route to;
     ``entry_specs`` holds the specs of task-scoped entries.
     """
-    from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstruction
+    from genba.data.transforms import Normalize, NormalizeImages, RandomShift, RouteInstruction, TokenizeInstruction
     from genba.data.windows import MixedDataset, WindowDataset
     from genba.train.trainer import TrainData
 
@@ -215,7 +215,8 @@ def build_data(datasets: list, replay: list, stats: dict, mode: str, cfg, model_
     weights = [w_new] * len(datasets) + ([cfg.replay_weight / len(replay)] * len(replay) if replay else [])
     used = {k: stats[k] for k in specs}
     return TrainData(datasets + replay, MixedDataset(parts, weights), specs, used, Normalize(used, mode=mode),
-                     TokenizeInstruction(model_cfg.max_lang_len))
+                     TokenizeInstruction(model_cfg.max_lang_len), NormalizeImages(used),
+                     RandomShift(tc.image_shift) if tc.image_shift else None)
 
 
 def routed_entry(route, ds) -> str:

@@ -56,7 +56,7 @@ class LossModule(nn.Module):
     """``forward(batch) = model.loss(batch)``, so DDP's forward hooks see the loss.
 
     With ``touch_idle`` the stems and heads of embodiments absent from the
-    batch join the graph as ``0 * sum(params)``: every parameter then gets a
+    batch (and the image encoder when no camera machine is in it) join the graph as ``0 * sum(params)``: every parameter then gets a
     gradient every step (zero where idle), so DDP needs no
     ``find_unused_parameters`` search of the autograd graph each step (issue 19).
     """
@@ -72,6 +72,9 @@ class LossModule(nn.Module):
             idle = [p for name in getattr(self.model, "stems", {}) if name not in batch
                     for part in (self.model.stems[name], self.model.heads[name])
                     for p in part.parameters() if p.requires_grad]
+            image = getattr(self.model, "image", None)  # the shared camera encoder, idle in a camera-less batch
+            if image is not None and not any(self.model.stems[n].cameras for n in batch):
+                idle += [p for p in image.parameters() if p.requires_grad]
             if idle:
                 loss = loss + 0.0 * sum(p.sum() for p in idle)  # (); zero value, gradient 0 for each idle param
         return loss, metrics

@@ -30,10 +30,13 @@ class Collection:
     episodes: int  # successful episodes kept per task
     out: str  # relative to the data root
     noise: str = ""  # DART levels as `genba collect --noise` takes them ("" = plain demonstrations)
+    obs: str = "state"  # `genba collect --obs`: pixels records the camera view (sawyer_px, jaco_px)
 
     def command(self) -> str:
         noise = f" --noise {self.noise}" if self.noise else ""
-        return f"genba collect --tasks {self.tasks} --episodes {self.episodes}{noise} --out {self.out} --workers 2"
+        obs = f" --obs {self.obs}" if self.obs != "state" else ""
+        return (f"genba collect --tasks {self.tasks} --episodes {self.episodes}{noise}{obs} --out {self.out} "
+                "--workers 2")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,12 @@ RECIPES: dict[str, Recipe] = {
                 Source("runs/dart/n02/jaco", 4)),
                (Collection("mt10", 50, "runs/dartm", "metaworld/reach-v3=0.2"), _DRIVES_DART,
                 Collection("arms", 150, "runs/dart/n02", "0.2"))),
+        Recipe("pixels-40min", "issue 21: MT10 and the Jaco from one 64x64 camera plus own sensing and commands "
+               "(no object state), mixed with the state-mode drives; not yet measured", "small-pixels-40min",
+               (Source("runs/px/sawyer_px", 5), Source("runs/dartd/pmsm", 2), Source("runs/dartd/dc", 2),
+                Source("runs/px/jaco_px", 4)),
+               (Collection("mt10", 50, "runs/px", "metaworld/reach-v3=0.2", obs="pixels"), _DRIVES_DART,
+                Collection("arms", 150, "runs/px", "0.2", obs="pixels"))),
         Recipe("demo", "`genba demo`: 30 demonstrations per task, governed data under the demo's run directory",
                "small", _DEMO_SOURCES, _demo_collections(30)),
         Recipe("demo-quick", "`genba demo --quick`: 2 demonstrations per task, the tiny model", "tiny",
