@@ -6,6 +6,11 @@
   :func:`genba.data.stats.normalization_stats` so near-constant features cannot
   blow up. Work on numpy arrays and torch tensors alike (same type back), with
   any leading batch/time dims.
+- :class:`NormalizeImages`: camera frames uint8 ``(..., h, w, 3)`` -> [0, 1] ->
+  per-channel mean/std of the dataset's image stats (``observation.images.<camera>``,
+  carried in the checkpoint with the other stats), float32; training and serving alike.
+- :class:`RandomShift`: DrQ's augmentation (pad ``pad`` by edge replication, random
+  crop back, one shift per sample across its history); training transforms only.
 - :class:`TokenizeInstruction`: byte-level UTF-8, byte ``b`` -> token ``b+1``,
   0 = pad (vocab 257), truncated at a character boundary.
 - :class:`RouteInstruction`: ``(embodiment, instruction) -> model entry`` for
@@ -134,6 +139,88 @@ class Unnormalize(_Norm):
 
     def __call__(self, sample: dict) -> dict:
         return self._apply(sample, forward=False)
+
+
+IMAGE_PREFIX = "observation.images."
+IMAGE_STD_FLOOR = 1e-3  # a flat-coloured camera (std ~ 0) must not amplify codec noise
+
+
+@dataclass(frozen=True)
+class NormalizeImages:
+    """``images`` {camera: uint8 (..., h, w, 3)} -> float32 ``(x / 255 - mean) / std`` per channel.
+
+    ``stats`` is ``{embodiment: stats}`` as for :class:`Normalize`; every
+    ``observation.images.<camera>`` feature gives that camera's constants (LeRobot
+    stores them as (3, 1, 1) in [0, 1]). A sample without ``images`` passes
+    unchanged; numpy in, numpy out; a tensor stays on its device.
+    """
+
+    stats: Mapping[str, Mapping[str, Mapping[str, Any]]]
+    _consts: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        consts = {}
+        for emb, feats in self.stats.items():
+            for key, st in feats.items():
+                if key.startswith(IMAGE_PREFIX):
+                    mean = np.asarray(st["mean"], np.float64).reshape(-1)
+                    std = np.maximum(np.asarray(st["std"], np.float64).reshape(-1), IMAGE_STD_FLOOR)
+                    if mean.shape != (3,) or std.shape != (3,):
+                        raise TransformError(f"image stats of {emb!r}/{key!r}: expected 3 channels, got {mean.shape}")
+                    # x_norm = x * scale + shift with scale = 1 / (255 std), shift = -mean / std
+                    consts[emb, key[len(IMAGE_PREFIX):]] = ((1 / (255 * std)).astype(np.float32),
+                                                            (-mean / std).astype(np.float32))
+        object.__setattr__(self, "_consts", consts)
+
+    def cameras(self, emb: str) -> list[str]:
+        return [c for e, c in self._consts if e == emb]
+
+    def __call__(self, sample: dict) -> dict:
+        if "images" not in sample:
+            return sample
+        emb = sample.get("embodiment")
+        out = {}
+        for cam, x in sample["images"].items():
+            if (emb, cam) not in self._consts:
+                raise TransformError(f"no image stats for camera {cam!r} of embodiment {emb!r} "
+                                     f"(have {self.cameras(emb)})")
+            scale, shift = self._consts[emb, cam]
+            if isinstance(x, torch.Tensor):
+                out[cam] = x.float() * torch.as_tensor(scale, device=x.device) + torch.as_tensor(shift, device=x.device)
+            else:
+                out[cam] = np.asarray(x, np.float32) * scale + shift
+        return {**sample, "images": out}
+
+
+@dataclass(frozen=True)
+class RandomShift:
+    """DrQ's random shift (Kostrikov et al. 2020): each sample's frames move by up to ``pad`` pixels.
+
+    ``images`` {camera: (B, H, h, w, 3) or (H, h, w, 3)} tensors: one integer shift per sample (and
+    camera), the same for its whole history; pixels beyond the edge repeat the edge (DrQ's
+    replicate padding), so nothing is padded in memory. Draws from ``generator`` (default: torch's
+    global RNG, which the trainer seeds and checkpoints). ``pad = 0`` is the identity.
+    """
+
+    pad: int = 4
+    generator: torch.Generator | None = field(default=None, compare=False)
+
+    def __call__(self, sample: dict) -> dict:
+        if self.pad <= 0 or "images" not in sample:
+            return sample
+        return {**sample, "images": {cam: self.shift(x) for cam, x in sample["images"].items()}}
+
+    def shift(self, x: torch.Tensor) -> torch.Tensor:
+        single = x.dim() == 4
+        x = x[None] if single else x  # (B, H, h, w, 3)
+        B, _, h, w, _ = x.shape
+        dev = x.device
+        off = torch.randint(0, 2 * self.pad + 1, (2, B), generator=self.generator).to(dev) - self.pad
+        rows = (off[0][:, None] + torch.arange(h, device=dev)).clamp(0, h - 1)  # (B, h)
+        cols = (off[1][:, None] + torch.arange(w, device=dev)).clamp(0, w - 1)  # (B, w)
+        b = torch.arange(B, device=dev)[:, None, None]
+        out = x[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2, 4)  # (B, H, h, w, 3)
+        return out[0] if single else out
 
 
 @dataclass(frozen=True)

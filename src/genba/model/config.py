@@ -91,6 +91,11 @@ class ModelConfig:
     # every preset turns it on.
     obs_linear: bool = False
     flow_steps: int = 10  # Euler steps at inference (pi0)
+    # image stem (built only when an embodiment has cameras; generalist.py ImageEncoder): conv widths
+    # ``image_channels`` (stride 2, 2, 1, 1; coordinate channels in), spatial-softmax keypoints of the last
+    # layer projected to ``image_tokens`` trunk tokens per camera per frame
+    image_tokens: int = 4
+    image_channels: tuple[int, ...] = (16, 32, 32, 32)
     # init
     init_std: float = 0.02
 
@@ -104,7 +109,12 @@ class ModelConfig:
 
     @property
     def tokens_per_step(self) -> int:
+        """Trunk tokens of one step of a camera-less machine."""
         return self.n_lang_tokens + 1 + self.history + self.n_readout
+
+    def tokens_with_cameras(self, n_cameras: int) -> int:
+        """Trunk tokens of one step of a machine with ``n_cameras`` cameras."""
+        return self.tokens_per_step + n_cameras * self.history * self.image_tokens
 
     def is_moe_layer(self, i: int) -> bool:
         """Whether trunk layer ``i`` uses the MoE feed-forward."""
@@ -121,7 +131,7 @@ class ModelConfig:
         """Raise ValueError naming the field if the config cannot build a model."""
         positive = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "history", "chunk",
                     "max_lang_len", "n_readout", "vocab_size", "lang_dim", "lang_layers", "lang_heads",
-                    "n_lang_tokens", "stem_hidden", "head_hidden", "flow_steps")
+                    "n_lang_tokens", "stem_hidden", "head_hidden", "flow_steps", "image_tokens")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -133,6 +143,8 @@ class ModelConfig:
         if self.lang_dim % self.lang_heads or (self.lang_dim // self.lang_heads) % 2:
             raise ValueError(f"ModelConfig.lang_dim ({self.lang_dim}) must split into lang_heads "
                              f"({self.lang_heads}) heads of even size")
+        if not self.image_channels or any(int(c) <= 0 for c in self.image_channels):
+            raise ValueError(f"ModelConfig.image_channels must be positive widths, got {self.image_channels}")
         if self.head not in HEAD_TYPES:
             raise ValueError(f"ModelConfig.head {self.head!r}: expected one of {HEAD_TYPES}")
         if self.router not in ROUTER_TYPES:
@@ -152,6 +164,8 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"model config has unknown keys {unknown}")
+        if "image_channels" in d:  # a tuple in the config, a list in JSON
+            d = {**d, "image_channels": tuple(d["image_channels"])}
         return cls(**d)
 
 
@@ -163,11 +177,18 @@ PRESETS: dict[str, ModelConfig] = {
     "debug": ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, mlp_hidden=64, history=2, chunk=4,
                          max_lang_len=32, n_readout=1, lang_dim=16, lang_layers=1, lang_heads=2, n_lang_tokens=2,
                          stem_hidden=32, head_hidden=32, obs_linear=True),
+    # For tests with cameras: the debug trunk and a tiny image stem.
+    "debug-pixels": ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, mlp_hidden=64, history=2, chunk=4,
+                                max_lang_len=32, n_readout=1, lang_dim=16, lang_layers=1, lang_heads=2,
+                                n_lang_tokens=2, stem_hidden=32, head_hidden=32, obs_linear=True,
+                                image_tokens=2, image_channels=(8, 8, 8, 8)),
     # ~1M parameters: the size of the machine-notes latency figure.
     "tiny": ModelConfig(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden=344, stem_hidden=128,
                         head_hidden=128, obs_linear=True),
     # ~2.5M: the 20-minute, 2-core training preset (see module docstring).
     "small": _SMALL,
+    # the same with the image stem sized for a 64x64 camera, history 2 (issue 21)
+    "small-pixels": dataclasses.replace(_SMALL, image_tokens=4, image_channels=(32, 32, 32, 32)),
     # ~30M: for longer runs or a GPU.
     "base": ModelConfig(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, mlp_hidden=1376, history=3,
                         lang_dim=128, lang_layers=2, lang_heads=4, stem_hidden=512, head_hidden=512,

@@ -3,7 +3,14 @@
 One control step becomes a short token sequence (same length for every
 embodiment, so a mixed batch is one trunk pass)::
 
-    [lang summaries (S)] [embodiment + control rate (1)] [obs history (H)] [readouts (R)]
+    [lang summaries (S)] [embodiment + control rate (1)] [obs history (H)] [images (H x cams x K)] [readouts (R)]
+
+The image tokens exist only for machines with cameras (``genba.model.vision``:
+one conv encoder shared by all of them, K = ``image_tokens`` per camera per
+frame, plus camera and frame embeddings in the machine's stem); sequences of
+different lengths go through the trunk in one pass per length, so a batch that
+mixes camera and camera-less machines still shares every trunk weight, and a
+camera-less batch is exactly one pass as before.
 
 - Language: a byte-level transformer pooled to S summary tokens (en and ja
   alike), cached per instruction; its mean also skips the trunk to every head,
@@ -32,6 +39,7 @@ from torch import nn
 from genba.data.spec import EmbodimentSpec
 from genba.model.config import ModelConfig
 from genba.model.trunk import Attention, RMSNorm, SwiGLU, Trunk, cached_constant, rotary
+from genba.model.vision import ImageEncoder
 
 N_RATE_FEATURES = 16
 BATCH_KEYS = ("observation.state", "observation.state_is_pad", "lang_tokens", "lang_mask")
@@ -100,7 +108,12 @@ class LanguageEncoder(nn.Module):
 
 
 class Stem(nn.Module):
-    """One embodiment's observation frames (B, H, obs) -> tokens (B, H, D), plus its embodiment token."""
+    """One embodiment's observation frames (B, H, obs) -> tokens (B, H, D), plus its embodiment token.
+
+    A machine with cameras also owns a camera embedding (one row per camera of its spec, in spec
+    order), a frame embedding (one row per history index) and a pad token for the image tokens of
+    padded frames; the image encoder itself is shared (:class:`Generalist.image`).
+    """
 
     def __init__(self, cfg: ModelConfig, spec: EmbodimentSpec) -> None:
         super().__init__()
@@ -108,16 +121,36 @@ class Stem(nn.Module):
         self.fc2 = nn.Linear(cfg.stem_hidden, cfg.d_model)
         self.pad = nn.Parameter(torch.empty(cfg.d_model))
         self.token = nn.Parameter(torch.empty(cfg.d_model))
+        self.cameras = tuple(c.name for c in spec.cameras)
+        if self.cameras:  # camera-less stems keep exactly their former parameters
+            self.camera_embed = nn.Parameter(torch.empty(len(self.cameras), cfg.d_model))
+            self.frame_embed = nn.Parameter(torch.empty(cfg.history, cfg.d_model))
+            self.image_pad = nn.Parameter(torch.empty(cfg.d_model))
 
     def forward(self, state: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
         x = self.fc2(F.silu(self.fc1(state)))  # (B, H, D)
         return torch.where(is_pad.unsqueeze(-1), self.pad.to(x.dtype), x)
+
+    def image_tokens(self, encoder: ImageEncoder, images, is_pad: torch.Tensor, dtype) -> torch.Tensor:
+        """Normalized frames {camera: (B, H, h, w, 3)} -> tokens (B, cams * H * K, D), camera-major."""
+        out = []
+        for i, cam in enumerate(self.cameras):
+            frames = images[cam].to(dtype)
+            B, H = frames.shape[:2]
+            tok = encoder(frames.flatten(0, 1)).view(B, H, encoder.tokens, -1)  # (B, H, K, D)
+            tok = tok + (self.camera_embed[i] + self.frame_embed[:, None]).to(dtype)  # (H, 1, D) broadcast
+            tok = torch.where(is_pad[:, :, None, None], self.image_pad.to(dtype), tok)
+            out.append(tok.flatten(1, 2))  # (B, H * K, D)
+        return torch.cat(out, 1)
 
     def init_weights(self, std: float) -> None:
         _linear_init(self.fc1, 1 / math.sqrt(self.fc1.in_features))  # inputs are normalized: unit scale
         _linear_init(self.fc2, std)
         nn.init.normal_(self.pad, std=std)
         nn.init.normal_(self.token, std=std)
+        if self.cameras:  # drawn after the camera-less stem's: its draws are unchanged
+            for p in (self.camera_embed, self.frame_embed, self.image_pad):
+                nn.init.normal_(p, std=std)
 
 
 def head_inputs(cfg: ModelConfig) -> int:
@@ -238,6 +271,7 @@ class Generalist(nn.Module):
         self.trunk = Trunk(cfg)
         self.stems = nn.ModuleDict()
         self.heads = nn.ModuleDict()
+        self.image: ImageEncoder | None = None  # built with the first camera-bearing embodiment
         for name in sorted(specs):  # sorted: init order (and so weights) independent of dict order
             self._add(name, specs[name])
 
@@ -252,14 +286,21 @@ class Generalist(nn.Module):
         if name in self.specs:
             raise ValueError(f"embodiment {name!r} already has a stem and head")
         self.specs[name] = spec
+        if spec.cameras and self.image is None:
+            self.image = ImageEncoder(self.cfg)
         self.stems[name] = Stem(self.cfg, spec)
         self.heads[name] = HEADS[self.cfg.head](self.cfg, spec)
 
     def add_embodiment(self, spec: EmbodimentSpec) -> None:
         """Give a new machine its stem and head (initialized) beside the pretrained trunk."""
         ref = self.rate.weight
+        new_encoder = spec.cameras and self.image is None
         with torch.device(ref.device):
             self._add(spec.name, spec)
+        if new_encoder:
+            self.image.to(ref.dtype)
+            if ref.device.type != "meta":
+                self.image.init_weights(self.cfg.init_std)
         self.stems[spec.name].to(ref.dtype)
         self.heads[spec.name].to(ref.dtype)
         if ref.device.type != "meta":
@@ -276,6 +317,8 @@ class Generalist(nn.Module):
         for name in self.specs:
             self.stems[name].init_weights(std)
             self.heads[name].init_weights(std)
+        if self.image is not None:  # last: a camera-less model draws exactly what it did before cameras
+            self.image.init_weights(std)
 
     # ---- forward -----------------------------------------------------------
     def encode_language(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -303,14 +346,33 @@ class Generalist(nn.Module):
             b, stem, head = batch[name], self.stems[name], self.heads[name]
             B = b["observation.state"].shape[0]
             ident = (stem.token + self.rate(rate_features(self.specs[name].fps, stem.token.device))).to(summary.dtype)
-            obs = stem(b["observation.state"].to(summary.dtype), b["observation.state_is_pad"].bool())  # (B, H, D)
-            seqs.append(torch.cat((summary, ident.expand(B, 1, -1), obs,
+            is_pad = b["observation.state_is_pad"].bool()
+            obs = [stem(b["observation.state"].to(summary.dtype), is_pad)]  # (B, H, D)
+            if stem.cameras:
+                obs.append(stem.image_tokens(self.image, b["images"], is_pad, summary.dtype))  # (B, cams*H*K, D)
+            seqs.append(torch.cat((summary, ident.expand(B, 1, -1), *obs,
                                    head.readout.to(summary.dtype).expand(B, -1, -1)), dim=1))  # (B, T, D)
-        R = self.cfg.n_readout
-        x, aux = self.trunk(torch.cat(seqs, dim=0), keep_last=R)  # (sum B, R, D): only the readouts are read
-        parts = x.split([s.shape[0] for s in seqs])
+        parts, aux = self._trunk(seqs)
         skips = [summary.mean(1, keepdim=True) * self.skip_scale for summary in lang]  # (B, 1, D) each
         return {n: torch.cat((p, k.to(p.dtype)), dim=1) for n, p, k in zip(names, parts, skips)}, aux
+
+    def _trunk(self, seqs: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Readouts (B_i, R, D) of every sequence: one trunk pass per sequence length (one pass when no
+        machine has cameras), and the MoE aux loss averaged over the passes by their rows."""
+        by_len: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            by_len.setdefault(s.shape[1], []).append(i)
+        parts: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
+        auxes, rows = [], []
+        for idx in by_len.values():
+            x, aux = self.trunk(torch.cat([seqs[i] for i in idx], dim=0), keep_last=self.cfg.n_readout)
+            for i, p in zip(idx, x.split([seqs[i].shape[0] for i in idx])):
+                parts[i] = p  # (B_i, R, D): only the readouts are read
+            auxes.append(aux)
+            rows.append(x.shape[0])
+        if len(auxes) == 1:
+            return parts, auxes[0]
+        return parts, sum(a * (n / sum(rows)) for a, n in zip(auxes, rows))
 
     def _language(self, batch, names) -> list[torch.Tensor]:
         """Summaries per embodiment: the cached ``lang_summary`` when given, else one encoder pass for all."""
@@ -333,6 +395,14 @@ class Generalist(nn.Module):
         shape = tuple(b["observation.state"].shape)
         if len(shape) != 3 or shape[1:] != (H, obs):
             raise ValueError(f"batch[{name!r}]['observation.state'] has shape {shape}, expected (B, {H}, {obs})")
+        for cam in self.specs[name].cameras:
+            got = b.get("images", {}).get(cam.name)
+            want = (shape[0], H, *cam.shape)
+            if got is None:
+                raise KeyError(f"batch[{name!r}] lacks images[{cam.name!r}] (camera of embodiment {name!r})")
+            if tuple(got.shape) != want:
+                raise ValueError(f"batch[{name!r}]['images'][{cam.name!r}] has shape {tuple(got.shape)}, "
+                                 f"expected {want}")
 
     def loss(self, batch: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked action loss (per embodiment averaged, then mean over embodiments) + MoE aux loss."""

@@ -1,7 +1,9 @@
 """The one policy object evaluation, serving and the OPC UA bridge all call.
 
 ``Policy.infer(obs) -> action`` and ``Policy.reset()``; ``obs`` is
-``{"embodiment": str, "state": (obs_dim,), "instruction": str}``. A Policy is a
+``{"embodiment": str, "state": (obs_dim,), "instruction": str}``, plus for a
+machine with cameras ``"images": {camera: (h, w, 3) uint8}`` (one frame per
+camera of its spec, this step's; the runtime keeps their history). A Policy is a
 loaded model, its :class:`~genba.model.runtime.Runtime` (transforms, routes,
 instruction cache; where an observation becomes an action) and one stream of
 it (history, chunk queue, sampler). ``execute="ensemble"`` ensembles a fresh
@@ -20,7 +22,8 @@ Several policies over one model (a server's sessions) step together with
 :func:`infer_many` / :func:`infer_chunk_many`: one trunk pass for all of them,
 each stream advancing exactly as its own ``infer`` would.
 
-Bad observations raise ValueError naming the field (``obs['state']``, ...).
+Bad observations raise ValueError naming the field (``obs['state']``, ...) or
+the camera (``obs['images']['corner2']``: missing, other shape or dtype).
 """
 
 from __future__ import annotations
@@ -148,14 +151,50 @@ def _many(policies: Sequence[Policy], observations: Sequence[Mapping[str, Any]])
     return [(p.runtime, p.stream) for p in policies], frames
 
 
-def as_frame(obs: Mapping[str, Any], specs: Mapping[str, Any]) -> tuple[str, str, np.ndarray]:
-    """A checked observation as the runtime's frame ``(machine, instruction, state (1, obs_dim))``."""
+def as_frame(obs: Mapping[str, Any], specs: Mapping[str, Any]) -> tuple:
+    """A checked observation as the runtime's frame ``(machine, instruction, state (1, obs_dim))``,
+    plus ``images`` {camera: (1, h, w, 3) uint8} for a machine with cameras."""
     name, state, instruction = validate_obs(obs, specs)
-    return name, instruction, state[None]
+    images = validate_images(obs, specs[name])
+    if images is None:
+        return name, instruction, state[None]
+    return name, instruction, state[None], {c: v[None] for c, v in images.items()}
+
+
+def validate_images(obs: Mapping[str, Any], spec: Any) -> dict[str, np.ndarray] | None:
+    """``obs['images']`` checked against the spec's cameras: {camera: (h, w, 3) uint8}, or None for a
+    camera-less machine; ValueError naming the camera otherwise."""
+    images = obs.get("images")
+    cams = {c.name: c for c in getattr(spec, "cameras", ())}
+    if not cams:
+        if images:
+            raise ValueError(f"obs['images'] has cameras {sorted(images)} but embodiment {spec.name!r} has none")
+        return None
+    if not isinstance(images, Mapping):
+        raise ValueError(f"obs lacks 'images' ({{camera: (h, w, 3) uint8}}) for embodiment {spec.name!r}, "
+                         f"whose cameras are {sorted(cams)}")
+    unknown = sorted(set(images) - set(cams))
+    if unknown:
+        raise ValueError(f"obs['images'] has unknown cameras {unknown}; embodiment {spec.name!r} has {sorted(cams)}")
+    out = {}
+    for name, cam in cams.items():
+        if name not in images:
+            raise ValueError(f"obs['images'] lacks camera {name!r} of embodiment {spec.name!r}")
+        frame = images[name]
+        if not isinstance(frame, np.ndarray):
+            frame = np.asarray(frame.cpu() if hasattr(frame, "cpu") else frame)
+        if frame.dtype != np.uint8:
+            raise ValueError(f"obs['images'][{name!r}] has dtype {frame.dtype}, expected uint8")
+        if frame.shape != cam.shape:
+            raise ValueError(f"obs['images'][{name!r}] has shape {frame.shape}, expected {cam.shape} "
+                             f"(height, width, RGB) for embodiment {spec.name!r}")
+        out[name] = frame
+    return out
 
 
 def validate_obs(obs: Mapping[str, Any], specs: Mapping[str, Any]) -> tuple[str, np.ndarray, str]:
-    """(embodiment, state float32 (obs_dim,), instruction) or ValueError naming the bad field."""
+    """(embodiment, state float32 (obs_dim,), instruction) or ValueError naming the bad field
+    (the camera frames are checked too: :func:`validate_images`)."""
     if not isinstance(obs, Mapping):
         raise ValueError(f"obs must be a dict with 'embodiment', 'state', 'instruction', got {type(obs).__name__}")
     for key in ("embodiment", "state", "instruction"):
@@ -177,6 +216,7 @@ def validate_obs(obs: Mapping[str, Any], specs: Mapping[str, Any]) -> tuple[str,
     if bad.size:
         fields = ", ".join(f"{spec.obs_names[i]}={state[i]}" for i in bad[:5])
         raise ValueError(f"obs['state'] holds non-finite values ({fields}) for embodiment {name!r}")
+    validate_images(obs, spec)
     return name, state, obs["instruction"]
 
 

@@ -6,9 +6,11 @@ lockstep envs, the MLP baseline) steps :class:`Stream` objects through a
 
 1. **route**: ``RouteInstruction`` picks the model entry for (machine,
    instruction); a stream whose entry changes starts a new episode;
-2. **normalize** the frame on arrival (the checkpoint's ``Normalize``) and
-   append it to the stream's history of ``history`` frames (front-padded with
-   the first frame, ``is_pad`` marking the padding, as the training reader does);
+2. **normalize** the frame on arrival (the checkpoint's ``Normalize``; camera
+   frames, ``{camera: (n, h, w, 3) uint8}``, through ``NormalizeImages``, the
+   training chain without its augmentation) and append it to the stream's
+   history of ``history`` frames (front-padded with the first frame, ``is_pad``
+   marking the padding, as the training reader does; images alike);
 3. **instruction**: its language summary, encoded once and cached;
 4. **predict** when the chunk queue is due: one call of ``predict(groups)`` for
    every stream that needs a fresh chunk (grouped by entry: one trunk pass);
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genba.data.transforms import Normalize, RouteInstruction, TokenizeInstruction, Unnormalize
+from genba.data.transforms import Normalize, NormalizeImages, RouteInstruction, TokenizeInstruction, Unnormalize
 from genba.model.config import EXECUTE_MODES
 
 LANG_CACHE = 64  # instruction summaries kept per runtime (a server sees a handful of instructions)
@@ -104,6 +106,7 @@ class Stream:
     queue: ChunkQueue
     seed: int
     history: deque = field(default_factory=deque)  # normalized frames (n, obs) on the runtime's device
+    images: deque = field(default_factory=deque)  # normalized camera frames {camera: (n, h, w, 3)}, same clock
     entry: str | None = None  # the model entry serving it (the machine, or a task-scoped entry)
     instruction: str | None = None
     lang: torch.Tensor | None = None  # (1, S, D) language summary of ``instruction``
@@ -121,6 +124,7 @@ class Inputs:
     is_pad: torch.Tensor  # (n, H)
     lang: torch.Tensor | None  # (n, S, D), or None without a language encoder
     generator: torch.Generator  # the group's noise (flow heads)
+    images: Mapping[str, torch.Tensor] | None = None  # {camera: (n, H, h, w, 3)} normalized; None: no cameras
 
 
 Predict = Callable[[Sequence[Inputs]], list[torch.Tensor]]  # groups -> normalized chunks (n, C, A) each
@@ -138,6 +142,7 @@ class Runtime:
         self.machines = sorted(set(entries) - set(self.route.entries))  # what callers name; entries are internal
         self.normalize = Normalize(stats, mode=normalization)
         self.unnormalize = Unnormalize(stats, mode=normalization)
+        self.normalize_images = NormalizeImages(stats)
         self._pad_masks = [torch.arange(history, device=self.device) < pad for pad in range(history + 1)]
         self._lang: OrderedDict[str, torch.Tensor] = OrderedDict()
 
@@ -149,6 +154,7 @@ class Runtime:
     def reset(self, s: Stream) -> None:
         """A new episode: forget history, entry and queued chunks; reseed the sampler."""
         s.history = deque(maxlen=self.history)
+        s.images = deque(maxlen=self.history)
         s.queue = ChunkQueue(s.queue.execution, self.chunk)
         s.entry, s.instruction, s.lang, s.step = None, None, None, 0
         s.generator = torch.Generator(device=self.device).manual_seed(s.seed)
@@ -161,8 +167,10 @@ class Runtime:
         s.entry = self.route.entry(machine, instruction)
         self._instruct(s, instruction)
 
-    def observe(self, s: Stream, machine: str, instruction: str, state: np.ndarray) -> tuple[int, bool]:
-        """Take one step's frames ``state`` (n, obs): (step t, whether the queue needs a fresh chunk at t)."""
+    def observe(self, s: Stream, machine: str, instruction: str, state: np.ndarray,
+                images: Mapping[str, np.ndarray] | None = None) -> tuple[int, bool]:
+        """Take one step's frames ``state`` (n, obs) and, for a machine with cameras, ``images``
+        {camera: (n, h, w, 3) uint8}: (step t, whether the queue needs a fresh chunk at t)."""
         entry = self.route.entry(machine, instruction)
         if entry != s.entry:  # another machine (or task-scoped entry) on this stream: a new episode
             self.reset(s)
@@ -170,6 +178,9 @@ class Runtime:
         self._instruct(s, instruction)
         norm = self.normalize({"embodiment": entry, "observation.state": np.asarray(state, np.float32)})
         s.history.append(torch.from_numpy(norm["observation.state"]).to(self.device))
+        if images:  # normalized on the device, as in training
+            raw = {c: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for c, v in images.items()}
+            s.images.append(self.normalize_images({"embodiment": entry, "images": raw})["images"])
         t, s.step = s.step, s.step + 1
         return t, s.queue.due(t)
 
@@ -179,8 +190,13 @@ class Runtime:
         state = torch.stack([frames[0]] * pad + frames, dim=1)  # (n, H, obs)
         n = state.shape[0]
         lang = None if s.lang is None else s.lang.expand(n, -1, -1)
+        images = None
+        if s.images:
+            shots = list(s.images)
+            shots = [shots[0]] * (self.history - len(shots)) + shots
+            images = {c: torch.stack([f[c] for f in shots], dim=1) for c in shots[0]}  # (n, H, h, w, 3)
         return Inputs(s.entry, s.instruction, state, self._pad_masks[pad].expand(n, self.history), lang,
-                      s.generator)
+                      s.generator, images)
 
     def take(self, s: Stream, t: int, norm: torch.Tensor) -> np.ndarray:
         """Queue a predicted normalized chunk (n, C, A) from step t; returns it in machine units, float32."""
@@ -189,7 +205,7 @@ class Runtime:
         s.queue.push(t, chunk)
         return chunk
 
-    def step(self, streams: Sequence[Stream], frames: Sequence[tuple[str, str, np.ndarray]], *,
+    def step(self, streams: Sequence[Stream], frames: Sequence[tuple], *,
              whole: bool = False) -> list[np.ndarray]:
         """One step of every stream (see :func:`step`)."""
         return step([(self, s) for s in streams], frames, whole=whole)
@@ -208,9 +224,9 @@ class Runtime:
         s.lang = self._lang[instruction]
 
 
-def step(pairs: Sequence[tuple[Runtime, Stream]], frames: Sequence[tuple[str, str, np.ndarray]], *,
+def step(pairs: Sequence[tuple[Runtime, Stream]], frames: Sequence[tuple], *,
          whole: bool = False) -> list[np.ndarray]:
-    """One step of each ``(runtime, stream)`` on ``(machine, instruction, state (n, obs))``, with one
+    """One step of each ``(runtime, stream)`` on ``(machine, instruction, state (n, obs)[, images])``, with one
     ``predict`` call for all streams that need a fresh chunk (the runtimes must share their model).
 
     Returns each stream's actions (n, A), or with ``whole`` a fresh chunk (n, C, A) for every stream
@@ -255,6 +271,9 @@ class ModelPredict:
                      "observation.state_is_pad": _cat([groups[i].is_pad for i in idx]),  # (B, H)
                      "lang_summary": _cat([groups[i].lang for i in idx])}  # (B, S, D)
                  for e, idx in by_entry.items()}
+        for e, idx in by_entry.items():
+            if groups[idx[0]].images is not None:  # {camera: (B, H, h, w, 3)}
+                batch[e]["images"] = {c: _cat([groups[i].images[c] for i in idx]) for c in groups[idx[0]].images}
         readouts, _ = model.readouts(batch)
         out: list[torch.Tensor] = [None] * len(groups)  # type: ignore[list-item]
         for e, idx in by_entry.items():

@@ -53,6 +53,7 @@ class TrainConfig:
     ckpt_every: int = 500  # checkpoint every N steps (0: only at the end)
     ckpt_every_minutes: float = 5.0  # also checkpoint every M minutes of wall time, so a kill loses little
     keep_last: int = 2  # checkpoints kept in the run directory
+    image_shift: int = 4  # DrQ random shift of camera frames, in pixels (0: off); training only
     dist: str = "none"  # data parallelism under torchrun
     tp: int = 1  # tensor-parallel ranks (needs --dist fsdp)
     ep: int = 1  # expert-parallel ranks for MoE presets (needs --dist fsdp)
@@ -65,7 +66,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise TrainConfigError naming the first field that is out of range."""
         _positive(self, "steps", "batch_size", "lr", "log_every", "keep_last")
-        _non_negative(self, "warmup_steps", "weight_decay", "grad_clip", "ckpt_every", "ckpt_every_minutes")
+        _non_negative(self, "warmup_steps", "weight_decay", "grad_clip", "ckpt_every", "ckpt_every_minutes",
+                      "image_shift")
         if self.minutes is not None and not self.minutes > 0:
             raise TrainConfigError(f"train config {self.name!r}: minutes must be > 0, got {self.minutes}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -135,6 +137,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     for c in (
         _DEBUG,
         _DEBUG.replace(name="debug-fsdp", dist="fsdp"),
+        _DEBUG.replace(name="debug-pixels", model="debug-pixels"),  # tests with cameras (issue 21)
         TrainConfig(name="tiny", model="tiny", steps=5_000, batch_size=64, lr=1e-3, warmup_steps=100,
                     log_every=25, ckpt_every=1000),
         _SMALL,

@@ -32,7 +32,14 @@ import torch.distributed as dist
 
 from genba.data.dataset import open_dataset
 from genba.data.spec import diff_specs
-from genba.data.transforms import Normalize, TokenizeInstruction, compose, stats_by_embodiment
+from genba.data.transforms import (
+    Normalize,
+    NormalizeImages,
+    RandomShift,
+    TokenizeInstruction,
+    compose,
+    stats_by_embodiment,
+)
 from genba.data.windows import MixedDataset, WindowDataset, mixed_sampler
 from genba.device import default_device, distributed_backend
 from genba.model.bundle import save_bundle
@@ -60,12 +67,23 @@ class TrainData:
     stats: dict  # embodiment -> stats (merged when several datasets share an embodiment)
     normalize: Normalize
     tokenize: TokenizeInstruction
+    images: NormalizeImages | None = None  # camera frames, from the same stats (None: built from them)
+    augment: RandomShift | None = None  # training only (DrQ shift); None or pad 0: off
     _tokens: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images is None:
+            self.images = NormalizeImages(self.stats)
 
     @property
     def transform(self) -> Callable[[dict], dict]:
-        """The per-sample chain (what serving runs): normalize, then tokenize."""
-        return compose(self.normalize, self.tokenize)
+        """The per-sample chain (what serving runs): normalize state and images, then tokenize."""
+        return compose(self.normalize, self.images, self.tokenize)
+
+    @property
+    def train_transform(self) -> Callable[[dict], dict]:
+        """The training chain: the serving chain after the image augmentation (the only difference)."""
+        return compose(self.augment, self.transform)
 
     def tokens(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenized instruction, cached: a dataset has a handful of distinct instructions."""
@@ -106,7 +124,8 @@ def build_datasets(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], *, 
     parts = [WindowDataset(ds, history=model_cfg.history, chunk=model_cfg.chunk, lang=cfg.lang, seed=cfg.seed)
              for ds in datasets]
     return TrainData(datasets, MixedDataset(parts, weights), specs, stats, Normalize(stats),
-                     TokenizeInstruction(model_cfg.max_lang_len))
+                     TokenizeInstruction(model_cfg.max_lang_len), NormalizeImages(stats),
+                     RandomShift(cfg.image_shift) if cfg.image_shift else None)
 
 
 def make_batch(data: TrainData, indices: np.ndarray, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
@@ -114,6 +133,8 @@ def make_batch(data: TrainData, indices: np.ndarray, device: torch.device) -> di
 
     Same result as ``collate([transform(mixed[i]) for i in indices])`` (a test
     checks it), but one gather per part and one transform call per embodiment.
+    Camera frames travel to ``device`` as uint8 and are augmented (``data.augment``)
+    and normalized there (``data.images``): a quarter of the bytes, and the GPU's work.
     """
     part_of = np.searchsorted(data.mixed.offsets, indices, side="right") - 1
     groups: dict[str, dict[str, Any]] = {}
@@ -132,6 +153,11 @@ def make_batch(data: TrainData, indices: np.ndarray, device: torch.device) -> di
                  "action": norm["action"], "action_is_pad": raw["action_is_pad"],
                  "lang_tokens": torch.stack([t for t, _ in toks]), "lang_mask": torch.stack([m for _, m in toks])}
         out[emb] = {k: v.to(device, non_blocking=True) for k, v in group.items()}
+        if "images" in raw:
+            frames = {"embodiment": emb, "images": {c: v.to(device, non_blocking=True) for c, v in raw["images"].items()}}
+            if data.augment is not None:
+                frames = data.augment(frames)
+            out[emb]["images"] = data.images(frames)["images"]  # {camera: (B, H, h, w, 3) float32}
     return out
 
 
@@ -141,6 +167,8 @@ def _concat(raws: list[dict]) -> dict:
         vals = [r[k] for r in raws]
         if isinstance(vals[0], torch.Tensor):
             out[k] = torch.cat(vals)
+        elif isinstance(vals[0], dict):  # images: {camera: tensor}
+            out[k] = {c: torch.cat([v[c] for v in vals]) for c in vals[0]}
         elif isinstance(vals[0], list):
             out[k] = [x for v in vals for x in v]
         else:
