@@ -154,3 +154,28 @@ def test_the_simulators_renderer_is_a_camera_source():
         assert np.array_equal(RenderedCameras.of_env(env).read()["front"], info["images"]["front"])
     finally:
         env.close()
+
+
+def test_bridge_drives_a_pixels_policy_from_a_fake_camera(tmp_path):
+    """The real Policy behind the prefetcher: each cycle's frame into its history, chunks played."""
+    from genba.model.policy import load_policy
+    from tests.eval.conftest import make_pixel_checkpoint
+
+    policy = load_policy(make_pixel_checkpoint(tmp_path / "ckpt"), device="cpu")
+    spec = policy.specs["jaco_px"]
+
+    class Camera:
+        def read(self):
+            return {"front": np.full((16, 16, 3), 90, np.uint8)}
+
+    async def read():
+        return np.zeros(spec.obs_dim), 0.0
+
+    async def write(u):
+        pass
+
+    cfg = BridgeConfig(period_s=0.01, shield=ShieldConfig(deadline_s=0.5))
+    with ChunkPrefetcher(PolicySource(policy, spec.name, "reach the target")) as pre:
+        rep = asyncio.run(run_cycles(spec, pre, cfg, read, write, cycles=30, cameras=Camera()))
+    assert rep.camera_errors == 0 and pre.errors == 0, pre.last_error
+    assert rep.missed_deadlines < rep.cycles and pre.requests > 0

@@ -143,3 +143,25 @@ def test_the_client_sends_numpy_frames(tokens, transport):
         with pytest.raises(ServerError) as e:
             c.infer("toycam", STATE, "open", images={"corner2": img.astype(np.float32)})
         assert e.value.status == 422 and "corner2" in e.value.detail
+
+
+def test_a_pixels_checkpoint_serves_an_image_request(tokens, tmp_path):
+    """The real model path: GenbaBackend, the runtime's image history, the shield; a bad frame is a 422."""
+    from genba.serve.backends import load_backend
+    from tests.eval.conftest import make_pixel_checkpoint
+
+    backend = load_backend(str(make_pixel_checkpoint(tmp_path / "ckpt")), device="cpu")
+    tokens.add_org("cell", ["jaco_px", "pmsm"])
+    server = PolicyServer(backend, tokens)
+    spec = backend.specs["jaco_px"]
+    auth = {"Authorization": f"Bearer {tokens.issue('cell', 'c')}"}
+    body = {"obs": {"embodiment": "jaco_px", "state": [0.0] * spec.obs_dim, "instruction": "reach the target",
+                    "images": {"front": encode_frame(frame(3, (16, 16, 3)))}}}
+    with TestClient(build_app(server)) as client:
+        for _ in range(2):
+            r = client.post("/v1/infer", json=body, headers=auth)
+            assert r.status_code == 200, r.text
+            assert np.asarray(r.json()["actions"]).shape == (backend.chunk, spec.action_dim)
+        body["obs"]["images"] = {"front": encode_frame(frame(3, (64, 64, 3)))}
+        r = client.post("/v1/infer", json=body, headers=auth)
+        assert r.status_code == 422 and "front" in r.json()["detail"]

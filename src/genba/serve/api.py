@@ -52,14 +52,14 @@ class _Frame(_Strict):
     dtype: Literal["uint8"] = Field("uint8", description="element type of data (uint8 only)")
 
     def array(self, camera: str) -> np.ndarray:
-        """The frame as a read-only (H, W, 3) uint8 array; ServeError 422 naming the camera if its bytes
-        do not fill the shape."""
+        """The frame as its own (H, W, 3) uint8 array (writable: torch takes it without a copy or a warning);
+        ServeError 422 naming the camera if its bytes do not fill the shape."""
         raw = self.raw(camera)
         need = int(np.prod(self.shape))
         if len(raw) != need:
             raise ServeError(422, f"obs.images[{camera!r}]: {len(raw)} bytes of data, shape {self.shape} uint8 "
                                   f"needs {need}")
-        return np.frombuffer(raw, np.uint8).reshape(self.shape)
+        return np.frombuffer(bytearray(raw), np.uint8).reshape(self.shape)
 
 
 class Frame(_Frame):
