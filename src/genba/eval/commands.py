@@ -5,7 +5,9 @@
 
 CHECKPOINT is a checkpoint directory, a run directory (its latest checkpoint)
 or ``expert`` (the tasks' scripted experts through the same harness, for
-comparison tables). ``--compare`` adds a side-by-side table with earlier
+comparison tables). A checkpoint trained from cameras (``sawyer_px``, ``jaco_px``)
+is evaluated from its cameras: each task's pixels view, rendered at the size its
+spec records, as collection rendered it. ``--compare`` adds a side-by-side table with earlier
 results (e.g. the expert's, or the other language's).
 """
 
