@@ -234,8 +234,9 @@ class ServerSource:
         self.client, self.embodiment, self.instruction, self.horizon = client, embodiment, instruction, horizon
 
     def __call__(self, states: Sequence[np.ndarray], images: Sequence[dict] | None = None) -> np.ndarray:
+        frames = {"images": images[-1]} if images else {}  # a camera-less call as before (any client version)
         return self.client.infer(self.embodiment, states[-1], self.instruction, horizon=self.horizon,
-                                 images=images[-1] if images else None)["actions"]
+                                 **frames)["actions"]
 
 
 def set_priority(nice: int | None = None, cpus: Sequence[int] | None = None, what: str = "process", *,
