@@ -4,6 +4,7 @@ lists, with a body that validates against the documented schema."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 
@@ -28,8 +29,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from genba.data.spec import CameraSpec
 from genba.serve.server import PolicyServer, ServerConfig, build_app
-from tests.serve.conftest import fake_backend
+from tests.serve.conftest import fake_backend, toy_spec
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection, ignored_auth]
@@ -83,8 +85,13 @@ def _check(op, label, case, headers, cases, statuses, failures) -> None:
 
 @pytest.fixture
 def app(tokens):
-    # a small body limit, so that the fuzzer's long lists and strings also meet the 413
-    server = PolicyServer(fake_backend(), tokens, ServerConfig(max_body_bytes=1024, batch_window_s=0.0))
+    # a small body limit, so that the fuzzer's long lists and strings also meet the 413; an 8x8 camera
+    # machine ('toycam', granted to acme) puts camera frames (obs.images) in the document and the fuzz
+    specs = {"toy": toy_spec(), "other": toy_spec("other"),
+             "toycam": dataclasses.replace(toy_spec("toycam"), cameras=(CameraSpec("corner2", 8, 8, "c"),),
+                                           obs_mode="pixels")}
+    tokens.add_org("acme", ["toy", "toycam"], can_reset_estop=True)
+    server = PolicyServer(fake_backend(specs=specs), tokens, ServerConfig(max_body_bytes=1024, batch_window_s=0.0))
     return build_app(server), tokens.issue("acme", "fuzz")
 
 

@@ -5,7 +5,9 @@
 
 CHECKPOINT is a checkpoint directory, a run directory (its latest checkpoint)
 or ``expert`` (the tasks' scripted experts through the same harness, for
-comparison tables). ``--compare`` adds a side-by-side table with earlier
+comparison tables). A checkpoint trained from cameras (``sawyer_px``, ``jaco_px``)
+is evaluated from its cameras: each task's pixels view, rendered at the size its
+spec records, as collection rendered it. ``--compare`` adds a side-by-side table with earlier
 results (e.g. the expert's, or the other language's).
 """
 
@@ -88,15 +90,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_embodiments(checkpoint: str, task_ids: tuple[str, ...]) -> None:
     """Refuse a corrupt checkpoint, and tasks whose embodiment it has no stem and head for, before spawning workers."""
+    from genba.data.spec import EmbodimentSpec
     from genba.envs.registry import get_task
+    from genba.eval.rollout import checkpoint_view
     from genba.model.baseline import check_baseline_tasks, is_baseline
     from genba.model.bundle import read_manifest, verify_weights
 
     if is_baseline(checkpoint):
         return check_baseline_tasks(checkpoint, task_ids)
     verify_weights(checkpoint)  # a corrupt file fails here, in one line, not in every worker
-    known = set(read_manifest(checkpoint)["specs"])
-    missing = sorted({get_task(t).spec.name for t in task_ids} - known)
+    specs = {n: EmbodimentSpec.from_dict(d) for n, d in read_manifest(checkpoint)["specs"].items()}
+    known = set(specs)
+    missing = sorted({checkpoint_view(get_task(t), specs).spec.name for t in task_ids} - known)
     if missing:
         raise ValueError(f"checkpoint {checkpoint} has no stem/head for embodiments {missing} "
                          f"(it knows {sorted(known)}); drop those tasks from --tasks")

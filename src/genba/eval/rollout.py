@@ -5,6 +5,12 @@ processes (spawned, one BLAS thread each) run a job's envs in lockstep and ask
 the model for all of them in one batched call. Seeds come from
 ``genba.envs.seeds.eval_seed``: disjoint from every training demonstration.
 
+A checkpoint trained from cameras (its machine's pixels-mode spec, ``sawyer_px``,
+``jaco_px``) is evaluated on the task's pixels view (:func:`checkpoint_view`):
+the same cameras at the size the checkpoint's spec records, rendered as the
+collector rendered them; each step's frames (``info["images"]``) go to the
+policy with the state, for all lockstep envs in one call.
+
 Stop rules follow the task (``registry.StopRule``, the collectors' rule): with
 ``stop_after_success`` set (Meta-World) an episode succeeds if success occurs at
 any step, and evaluation ends it at the first success; otherwise (drives, arms)
@@ -19,7 +25,7 @@ transforms, history, routes and chunk execution, one model call for all N.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 
 from genba.data.language import LANGS
+from genba.data.spec import EmbodimentSpec
 from genba.data.transforms import RouteInstruction
 from genba.envs import registry
 from genba.envs.seeds import eval_seed
@@ -92,9 +99,11 @@ class BatchedPolicy:
         self.runtime.begin(self.stream, embodiment, instruction)
         self._frame = (embodiment, instruction)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Actions (N, A) for observations (N, obs_dim) of this step (finished envs may pass anything)."""
-        return self.runtime.step([self.stream], [(*self._frame, obs)])[0]
+    def act(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Actions (N, A) for observations (N, obs_dim) of this step and, on a camera machine, its frames
+        ``{camera: (N, H, W, 3) uint8}`` (finished envs may pass anything)."""
+        frame = (*self._frame, obs) if images is None else (*self._frame, obs, images)
+        return self.runtime.step([self.stream], [frame])[0]
 
 
 class ExpertPolicy:
@@ -138,8 +147,29 @@ def load_batched_policy(checkpoint: str, execute: str, replan_every: int | None)
     return _CACHE[key]
 
 
+def checkpoint_view(task: registry.Task, specs: Mapping[str, EmbodimentSpec]) -> registry.Task:
+    """The task as the checkpoint sees it: itself when the checkpoint knows its (state) spec, else its
+    pixels view when the checkpoint knows the pixels-mode spec, at that spec's camera size; a camera
+    set that differs from the one the view renders (names, sizes) is refused."""
+    if task.spec.name in specs or not task.has_cameras:
+        return task
+    px_name = task.pixel_spec(registry.DEFAULT_CAMERA_SIZE).name
+    if px_name not in specs:
+        return task  # unknown either way: the caller names the missing embodiment
+    want = specs[px_name].cameras
+    sizes = {(c.height, c.width) for c in want}
+    if len(sizes) != 1 or len({*sizes.pop()}) != 1:
+        raise ValueError(f"checkpoint spec {px_name!r}: cameras {[(c.name, c.shape) for c in want]}; the "
+                         "pixels view renders one square size for every camera")
+    view = task.view("pixels", want[0].height)
+    if view.spec.cameras != want:
+        raise ValueError(f"task {task.id}: its pixels view renders {[(c.name, c.shape) for c in view.spec.cameras]}"
+                         f", the checkpoint's {px_name!r} was trained on {[(c.name, c.shape) for c in want]}")
+    return view
+
+
 def _env(task: registry.Task, slot: int, seed: int):
-    key = ("env", task.id, slot)
+    key = ("env", task.id, task.spec.name, slot)
     if key not in _CACHE:
         _CACHE[key] = task.make_env(seed)
     return _CACHE[key]
@@ -150,16 +180,19 @@ def run_job(job: tuple[EvalConfig, str, list[tuple[int, int]]]) -> list[EpisodeR
     cfg, task_id, episodes = job
     torch.set_num_threads(1)
     task = registry.get_task(task_id)
-    envs = [_env(task, j, seed) for j, (_, seed) in enumerate(episodes)]
     execute, replan_every = resolve_execution(cfg, task.spec)
     if cfg.checkpoint == EXPERT:
-        policy = ExpertPolicy([task.make_expert(env) for env in envs])
+        policy = None
     elif (Path(cfg.checkpoint) / "baseline.json").is_file():  # the per-task MLP baseline (genba.eval.baselines)
         from genba.eval.baselines import load_baseline_policy
 
         policy = load_baseline_policy(cfg.checkpoint, execute, replan_every)
     else:
         policy = load_batched_policy(cfg.checkpoint, execute, replan_every)
+        task = checkpoint_view(task, policy.model.specs)  # a camera checkpoint: the pixels view
+    envs = [_env(task, j, seed) for j, (_, seed) in enumerate(episodes)]
+    if policy is None:
+        policy = ExpertPolicy([task.make_expert(env) for env in envs])
     return run_lockstep(task, envs, policy, episodes, cfg)
 
 
@@ -168,7 +201,10 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
     """Step ``envs`` together until each has finished by the task's stop rule."""
     n, spec = len(envs), task.spec
     low, high = np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32)
-    obs = np.stack([env.reset(seed=seed)[0] for env, (_, seed) in zip(envs, episodes)])
+    first = [env.reset(seed=seed) for env, (_, seed) in zip(envs, episodes)]
+    obs = np.stack([o for o, _ in first])
+    seen = [info.get("images") for _, info in first]  # each env's newest frames {camera: (H, W, 3)}
+    images = _frames(task.spec, seen)  # {camera: (n, H, W, 3)}, None without cameras
     policy.reset(n, spec.name, task.instruction(cfg.lang))
     horizon = min(task.max_steps, cfg.max_steps or task.max_steps)
     live = np.ones(n, bool)
@@ -176,12 +212,13 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
     st = _Tally(n, trace=[cfg.trace_drives and k == 0 and task.id.startswith("drive/") for k, _ in episodes])
     verdicts = [rule.judge() for _ in range(n)]
     for t in range(horizon):
-        actions = policy.act(obs)
+        actions = policy.act(obs) if images is None else policy.act(obs, _frames(task.spec, seen))
         for i in np.flatnonzero(live):
             st.record(i, obs[i], actions[i])
             st.violations[i] += count_violations(actions[i], low, high)
             o, r, terminated, truncated, info = envs[i].step(np.clip(actions[i], low, high))
             obs[i] = o
+            seen[i] = info.get("images")
             st.length[i], st.ret[i] = t + 1, st.ret[i] + float(r)
             if "tracking_error" in info:
                 st.errors[i].append(float(info["tracking_error"]))
@@ -190,6 +227,21 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
         if not live.any():
             break
     return [st.result(i, task, k, seed, verdicts[i].success) for i, (k, seed) in enumerate(episodes)]
+
+
+def _frames(spec: EmbodimentSpec, seen: list[dict | None]) -> dict[str, np.ndarray] | None:
+    """Every env's newest camera frames as ``{camera: (n, H, W, 3) uint8}`` (fresh arrays: a finished env
+    keeps its last frame), checked against the spec; None for a machine without cameras."""
+    if not spec.cameras:
+        return None
+    out = {}
+    for cam in spec.cameras:
+        frames = np.stack([images[cam.name] for images in seen])
+        if frames.shape[1:] != cam.shape or frames.dtype != np.uint8:
+            raise ValueError(f"camera {cam.name!r} rendered {frames.shape[1:]} {frames.dtype}, "
+                             f"spec {spec.name!r} expects {cam.shape} uint8")
+        out[cam.name] = frames
+    return out
 
 
 @dataclass

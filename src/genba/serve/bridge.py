@@ -14,6 +14,12 @@ expired action is never played. Cycles that overrun their period, and cycles
 whose write lands after ``deadline_s``, are counted too. Priorities and CPU
 pinning are optional (``cycle_nice``, ``cycle_cpus``; see docs/safety.md).
 
+A machine with cameras (its spec's ``cameras``) needs a camera source
+(:mod:`genba.serve.cameras`: ``read() -> {camera: (H, W, 3) uint8}``, the
+simulator's renderer now, a capture device on a cell): each cycle reads it right
+after the observation nodes, checks the frames against the spec and posts them
+with the observation, so the policy plans from state and frames of one instant.
+
 The client session uses Basic256Sha256 SignAndEncrypt with its own
 certificate, and validates the machine's certificate against the same trust
 store (our CA).
@@ -35,6 +41,7 @@ from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
 from genba.data.spec import EmbodimentSpec
+from genba.serve.cameras import CameraSource, check_frames
 from genba.serve.opcua_machine import NAMESPACE
 from genba.serve.prefetch import ChunkPrefetcher, ChunkSource, PrefetchConfig, StepSource, set_priority
 from genba.serve.shield import SafetyShield, ShieldConfig
@@ -70,6 +77,8 @@ class BridgeReport:
 
     cycles: int = 0
     missed_deadlines: int = 0
+    camera_errors: int = 0  # cycles whose frames were missing or wrong: not posted (the chunk ages out)
+    camera_error: str | None = None
     startup_misses: int = 0  # of those, the cycles before the first plan arrived
     overruns: int = 0
     late: int = 0
@@ -87,6 +96,7 @@ class BridgeReport:
         te = np.asarray([e for e in self.tracking_error if np.isfinite(e)]) if self.tracking_error else np.zeros(0)
         played = [a for a in self.ages if a >= 0]
         return {"cycles": self.cycles, "missed_deadlines": self.missed_deadlines,
+                "camera_errors": self.camera_errors, "camera_error": self.camera_error,
                 "startup_misses": self.startup_misses, "overruns": self.overruns,
                 "late": self.late, "cycle_ms_p50": float(np.percentile(c, 50)),
                 "cycle_ms_p99": float(np.percentile(c, 99)), "cycle_ms_max": float(c.max()),
@@ -128,12 +138,23 @@ async def machine_nodes(client: Client, spec: EmbodimentSpec):
     return obs, sets, status
 
 
+def check_cameras(spec: EmbodimentSpec, cameras: CameraSource | None) -> None:
+    """A camera machine needs a camera source, a camera-less one takes none."""
+    if spec.cameras and cameras is None:
+        raise ValueError(f"embodiment {spec.name!r} has cameras {[c.name for c in spec.cameras]}: give a camera "
+                         "source (genba.serve.cameras)")
+    if cameras is not None and not spec.cameras:
+        raise ValueError(f"embodiment {spec.name!r} has no cameras; drop the camera source")
+
+
 async def run_cycles(spec: EmbodimentSpec, prefetcher: ChunkPrefetcher, cfg: BridgeConfig,
                      read: Callable, write: Callable, *, cycles: int | None = None, seconds: float | None = None,
-                     stop: asyncio.Event | None = None) -> BridgeReport:
+                     stop: asyncio.Event | None = None, cameras: CameraSource | None = None) -> BridgeReport:
     """The control cycle against any I/O: ``await read() -> (state, tracking_error)``,
-    ``await write(command)``; one cycle per ``cfg.period_s`` until ``cycles``/``seconds``/``stop``.
-    It never waits on the policy: ``prefetcher`` (started by the caller) plans in the background."""
+    ``await write(command)``, and on a camera machine ``cameras.read()`` (returns at once: see
+    ``genba.serve.cameras.LatestFrames``); one cycle per ``cfg.period_s`` until ``cycles``/``seconds``/
+    ``stop``. It never waits on the policy: ``prefetcher`` (started by the caller) plans in the background."""
+    check_cameras(spec, cameras)
     shield = SafetyShield(spec, cfg.shield)
     report = BridgeReport()
     t_end = None if seconds is None else time.perf_counter() + seconds
@@ -143,8 +164,10 @@ async def run_cycles(spec: EmbodimentSpec, prefetcher: ChunkPrefetcher, cfg: Bri
         t0 = time.perf_counter()
         k = report.cycles
         state, err = await read()
+        images = _read_frames(spec, cameras, report) if cameras is not None else None
         t_read = time.perf_counter()
-        prefetcher.post(k, state)
+        if cameras is None or images is not None:  # a cycle without its frames is not posted: no plan from it
+            prefetcher.post(k, state, images)
         action, age = prefetcher.action(k)
         if action is None:  # nothing valid for this cycle: the shield's no-command step, counted
             report.missed_deadlines += 1
@@ -170,17 +193,31 @@ async def run_cycles(spec: EmbodimentSpec, prefetcher: ChunkPrefetcher, cfg: Bri
     return report
 
 
+def _read_frames(spec: EmbodimentSpec, cameras: CameraSource, report: BridgeReport) -> dict | None:
+    """This cycle's checked frames, or None (counted): the current chunk then ages out and the shield's
+    watchdog turns a lasting camera failure into a controlled stop."""
+    try:
+        return check_frames(spec, cameras.read())
+    except (ValueError, TimeoutError, OSError) as e:
+        report.camera_errors += 1
+        report.camera_error = f"{type(e).__name__}: {e}"
+        return None
+
+
 async def run_bridge(spec: EmbodimentSpec, act: Callable[[np.ndarray], np.ndarray] | None, cfg: BridgeConfig,
                      *, source: ChunkSource | None = None, cycles: int | None = None,
-                     seconds: float | None = None, stop: asyncio.Event | None = None) -> BridgeReport:
+                     seconds: float | None = None, stop: asyncio.Event | None = None,
+                     cameras: CameraSource | None = None) -> BridgeReport:
     """Drive the machine at ``cfg.period_s`` until ``cycles``/``seconds``/``stop``; returns a report.
 
     The policy is ``source`` (a chunk source from :mod:`genba.serve.prefetch`) or a per-step
     ``act(state) -> action`` (an expert; its answer stays valid for one cycle after its
-    observation). Either runs in the prefetch worker thread, never inside a cycle.
+    observation). Either runs in the prefetch worker thread, never inside a cycle. ``cameras``: the
+    frame source of a machine with cameras (:mod:`genba.serve.cameras`).
     """
     if (act is None) == (source is None):
         raise ValueError("run_bridge: give exactly one of act (per step) or source (action chunks)")
+    check_cameras(spec, cameras)
     prefetcher = ChunkPrefetcher(source if source is not None else StepSource(act), cfg.prefetch)
     client = await secure_client(cfg.endpoint, cfg.cert_dir, cfg.name)
     with prefetcher:
@@ -199,7 +236,7 @@ async def run_bridge(spec: EmbodimentSpec, act: Callable[[np.ndarray], np.ndarra
             problems = set_priority(cfg.cycle_nice, cfg.cycle_cpus, "bridge cycle", rt=cfg.cycle_rt_priority)
             try:
                 report = await run_cycles(spec, prefetcher, cfg, read, write, cycles=cycles, seconds=seconds,
-                                          stop=stop)
+                                          stop=stop, cameras=cameras)
             finally:
                 if cfg.cycle_rt_priority is not None and not problems:  # the caller's thread goes back to normal
                     os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))

@@ -107,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        max_sessions=args.max_sessions, sessions_per_org=args.sessions_per_org)
     server = PolicyServer(_load(lambda: load_backend(str(args.checkpoint))), TokenStore(args.tokens), cfg)
     ssl_kw = tls_options(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert is not None else {}
-    uvicorn.run(build_app(server), host=args.host, port=args.port, ws_max_size=cfg.max_body_bytes,
+    uvicorn.run(build_app(server), host=args.host, port=args.port, ws_max_size=server.max_body_bytes,
                 limit_concurrency=cfg.max_inflight * 2, log_level="info", **ssl_kw)
     return 0
 

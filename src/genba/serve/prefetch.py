@@ -14,6 +14,12 @@ cycle only posts its observation and pops the action planned for it:
   played;
 * a chunk that arrives later than an already-published newer one is dropped.
 
+A camera machine's frames (``{camera: (H, W, 3) uint8}``, from the bridge's
+:mod:`~genba.serve.cameras` source) are posted with its observation; a source
+is then called as ``source(states, images)`` with one frame map per state,
+and the policy sources put them in the observation (``obs["images"]``). A
+machine without cameras posts none and its sources are called as before.
+
 Sources (the blocking calls the worker makes, one at a time):
 
 * :class:`StepSource`: any ``act(state) -> action`` (an expert, a per-step
@@ -46,9 +52,9 @@ log = logging.getLogger(__name__)
 
 class ChunkSource(Protocol):
     """Blocking: the observations since the last call (oldest first) -> a chunk (C, A) planned
-    from the last of them."""
+    from the last of them; on a camera machine also their frames (``images``, one map per state)."""
 
-    def __call__(self, states: Sequence[np.ndarray]) -> np.ndarray: ...
+    def __call__(self, states: Sequence[np.ndarray], images: Sequence[dict] | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class ChunkPrefetcher:
     def __init__(self, source: ChunkSource, cfg: PrefetchConfig = PrefetchConfig()) -> None:
         self.source, self.cfg = source, cfg
         self._cv = threading.Condition()
-        self._pending: deque[tuple[int, np.ndarray]] = deque(maxlen=cfg.backlog)
+        self._pending: deque[tuple[int, np.ndarray, dict | None]] = deque(maxlen=cfg.backlog)
         self._chunk: tuple[int, np.ndarray] | None = None  # (cycle of its observation, (C, A))
         self._last_plan = -(10 ** 9)  # cycle the last request planned from
         self._newest = -1  # newest cycle posted
@@ -108,10 +114,10 @@ class ChunkPrefetcher:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def post(self, k: int, state: np.ndarray) -> None:
-        """Cycle ``k``'s observation (never blocks on the worker)."""
+    def post(self, k: int, state: np.ndarray, images: dict[str, np.ndarray] | None = None) -> None:
+        """Cycle ``k``'s observation and, on a camera machine, its frames (never blocks on the worker)."""
         with self._cv:
-            self._pending.append((k, np.array(state, dtype=np.float64)))
+            self._pending.append((k, np.array(state, dtype=np.float64), images))
             self._newest = k
             self._cv.notify()
 
@@ -135,7 +141,7 @@ class ChunkPrefetcher:
         return bool(self._pending) and self._pending[-1][0] - self._last_plan >= self.cfg.replan_every
 
     # ---- the worker ---------------------------------------------------------
-    def _take(self) -> list[tuple[int, np.ndarray]] | None:
+    def _take(self) -> list[tuple[int, np.ndarray, dict | None]] | None:
         """Wait until a plan is due; the observations since the last one (None once closed)."""
         with self._cv:
             while not self._closed and not self._due():
@@ -153,7 +159,9 @@ class ChunkPrefetcher:
             t0 = time.perf_counter()
             self.requests += 1
             try:
-                chunk = np.asarray(self.source([s for _, s in batch]), dtype=np.float64)
+                states, images = [s for _, s, _ in batch], [im for _, _, im in batch]
+                got = self.source(states) if all(im is None for im in images) else self.source(states, images)
+                chunk = np.asarray(got, dtype=np.float64)
             except Exception as e:  # a failing model is a missing command (the shield stops), not a crash
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"
@@ -186,20 +194,26 @@ class StepSource:
     def __init__(self, act: Callable[[np.ndarray], Any], hold: int = 1) -> None:
         self.act, self.hold = act, hold
 
-    def __call__(self, states: Sequence[np.ndarray]) -> np.ndarray:
-        a = np.asarray(self.act(states[-1]), dtype=np.float64).reshape(-1)
+    def __call__(self, states: Sequence[np.ndarray], images: Sequence[dict] | None = None) -> np.ndarray:
+        a = np.asarray(self.act(states[-1]), dtype=np.float64).reshape(-1)  # an expert acts on the state
         return np.tile(a, (self.hold + 1, 1))
 
 
-def _obs(embodiment: str, instruction: str, state: np.ndarray) -> dict:
-    return {"embodiment": embodiment, "state": np.asarray(state, np.float32), "instruction": instruction}
+def _obs(embodiment: str, instruction: str, state: np.ndarray, images: dict | None = None) -> dict:
+    obs = {"embodiment": embodiment, "state": np.asarray(state, np.float32), "instruction": instruction}
+    if images is not None:
+        obs["images"] = images
+    return obs
 
 
-def plan_chunk(policy, embodiment: str, instruction: str, states: Sequence[np.ndarray]) -> np.ndarray:
-    """Every observation into the policy's history, a chunk from the last (what the sources share)."""
-    for s in states[:-1]:
-        policy.observe(_obs(embodiment, instruction, s))
-    return policy.infer_chunk(_obs(embodiment, instruction, states[-1]))
+def plan_chunk(policy, embodiment: str, instruction: str, states: Sequence[np.ndarray],
+               images: Sequence[dict | None] | None = None) -> np.ndarray:
+    """Every observation (with its frames) into the policy's history, a chunk from the last (what the
+    sources share)."""
+    images = list(images) if images is not None else [None] * len(states)
+    for s, im in zip(states[:-1], images[:-1]):
+        policy.observe(_obs(embodiment, instruction, s, im))
+    return policy.infer_chunk(_obs(embodiment, instruction, states[-1], images[-1]))
 
 
 class PolicySource:
@@ -208,19 +222,21 @@ class PolicySource:
     def __init__(self, policy, embodiment: str, instruction: str) -> None:
         self.policy, self.embodiment, self.instruction = policy, embodiment, instruction
 
-    def __call__(self, states: Sequence[np.ndarray]) -> np.ndarray:
-        return plan_chunk(self.policy, self.embodiment, self.instruction, states)
+    def __call__(self, states: Sequence[np.ndarray], images: Sequence[dict] | None = None) -> np.ndarray:
+        return plan_chunk(self.policy, self.embodiment, self.instruction, states, images)
 
 
 class ServerSource:
     """A genba policy server (``genba.client.PolicyClient``): one request per plan, the newest
-    observation; ``horizon`` None asks for the whole chunk (the most slack under load)."""
+    observation and its frames; ``horizon`` None asks for the whole chunk (the most slack under load)."""
 
     def __init__(self, client, embodiment: str, instruction: str, horizon: int | None = None) -> None:
         self.client, self.embodiment, self.instruction, self.horizon = client, embodiment, instruction, horizon
 
-    def __call__(self, states: Sequence[np.ndarray]) -> np.ndarray:
-        return self.client.infer(self.embodiment, states[-1], self.instruction, horizon=self.horizon)["actions"]
+    def __call__(self, states: Sequence[np.ndarray], images: Sequence[dict] | None = None) -> np.ndarray:
+        frames = {"images": images[-1]} if images else {}  # a camera-less call as before (any client version)
+        return self.client.infer(self.embodiment, states[-1], self.instruction, horizon=self.horizon,
+                                 **frames)["actions"]
 
 
 def set_priority(nice: int | None = None, cpus: Sequence[int] | None = None, what: str = "process", *,
@@ -252,7 +268,7 @@ def set_priority(nice: int | None = None, cpus: Sequence[int] | None = None, wha
 
 def _policy_worker(conn, checkpoint: str, embodiment: str, instruction: str, policy_kwargs: dict,
                    nice: int | None, cpus: Sequence[int] | None, threads: int) -> None:
-    """Child process: load the checkpoint, then answer lists of states with chunks until None."""
+    """Child process: load the checkpoint, then answer (states, images) with chunks until None."""
     set_priority(nice, cpus, "policy worker")
     try:
         import torch
@@ -265,9 +281,9 @@ def _policy_worker(conn, checkpoint: str, embodiment: str, instruction: str, pol
     except Exception as e:  # reported to the parent, which raises it with the checkpoint's name
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
-    while (states := conn.recv()) is not None:
+    while (msg := conn.recv()) is not None:
         try:
-            conn.send(("ok", plan_chunk(policy, embodiment, instruction, states)))
+            conn.send(("ok", plan_chunk(policy, embodiment, instruction, *msg)))
         except Exception as e:
             conn.send(("error", f"{type(e).__name__}: {e}"))
 
@@ -295,8 +311,8 @@ class ProcessPolicySource:
             raise RuntimeError(f"policy worker for {checkpoint}: {payload}")
         self.chunk = int(payload)
 
-    def __call__(self, states: Sequence[np.ndarray]) -> np.ndarray:
-        self._conn.send([np.asarray(s, np.float32) for s in states])
+    def __call__(self, states: Sequence[np.ndarray], images: Sequence[dict] | None = None) -> np.ndarray:
+        self._conn.send(([np.asarray(s, np.float32) for s in states], images))
         kind, payload = self._conn.recv()
         if kind != "ok":
             raise RuntimeError(f"policy worker: {payload}")

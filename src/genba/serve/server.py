@@ -11,6 +11,11 @@ Notable features:
   the token's organization -> 403.
 * Malformed requests (wrong shapes, types, NaN/inf, unknown embodiment,
   oversized bodies) get a 4xx naming the field and never reach the model.
+* Camera frames (``obs.images``, one per camera of the spec: base64 over HTTP, raw
+  bytes over the websocket; :mod:`genba.serve.api`) are checked against the spec
+  (names, shape, dtype, byte count) before the model: 422 naming the camera. The
+  body limit defaults to 64 KiB plus the largest served embodiment's frames
+  (:func:`genba.serve.api.body_limit`).
 * A micro-batcher gathers requests for ``batch_window_s`` and makes one model
   call for all of them (one trunk pass, even across embodiments); in-flight
   requests are bounded (503 beyond).
@@ -50,6 +55,8 @@ from genba.serve.api import (
     ResetResponse,
     ServeError,
     SessionRequest,
+    WsInferRequest,
+    body_limit,
     errors,
     infer_examples,
 )
@@ -66,7 +73,7 @@ API = "/v1"
 
 @dataclass(frozen=True)
 class ServerConfig:
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int | None = None  # None: 64 KiB plus the served specs' camera frames (api.body_limit)
     max_inflight: int = 256
     batch_window_s: float = 0.0015
     max_batch: int = 64
@@ -130,6 +137,7 @@ class PolicyServer:
 
     def __init__(self, backend: Backend, tokens: TokenStore, config: ServerConfig = ServerConfig()) -> None:
         self.backend, self.tokens, self.cfg = backend, tokens, config
+        self.max_body_bytes = config.max_body_bytes or body_limit(backend.specs)
         self.batcher = MicroBatcher(backend, config.batch_window_s, config.max_batch)
         self.sessions = SessionTable(backend.new_state, config.max_sessions, config.sessions_per_org)
         self.inflight = 0
@@ -145,7 +153,9 @@ class PolicyServer:
         """The (organization, session) entry, pinned for the request (see :class:`SessionTable`)."""
         return self.sessions.hold(p.org, name, quota=p.max_sessions, create=create)
 
-    def check_obs(self, p: Principal, obs: Observation) -> EmbodimentSpec:
+    def check_obs(self, p: Principal, obs: Observation) -> tuple[EmbodimentSpec, dict | None]:
+        """The observation's spec and its camera frames ``{camera: (H, W, 3) uint8}`` (None for a machine
+        without cameras), or the ServeError naming the field or the camera."""
         spec = self.backend.specs.get(obs.embodiment)
         if spec is None:
             raise ServeError(422, f"obs.embodiment {obs.embodiment!r} is unknown; served: {sorted(self.backend.specs)}")
@@ -154,10 +164,10 @@ class PolicyServer:
         if len(obs.state) != spec.obs_dim:
             raise ServeError(422, f"obs.state has {len(obs.state)} entries, embodiment {obs.embodiment!r} "
                                   f"expects {spec.obs_dim} ({', '.join(spec.obs_names[:6])}...)")
-        return spec
+        return spec, check_images(spec, obs.images)
 
     async def infer(self, p: Principal, req: InferRequest) -> dict:
-        spec = self.check_obs(p, req.obs)
+        spec, images = self.check_obs(p, req.obs)
         if req.horizon is not None and req.horizon > self.backend.chunk:
             # a silent shorter chunk would leave the client planning on actions it never got
             raise ServeError(422, f"horizon {req.horizon} is above the model's action chunk of "
@@ -167,22 +177,21 @@ class PolicyServer:
             raise ServeError(503, f"server busy: {self.inflight} requests in flight (limit {self.cfg.max_inflight})")
         self.inflight += 1
         try:
-            return await self._infer(p, req, spec)
+            t0 = time.perf_counter()
+            obs = {"embodiment": spec.name, "state": list(req.obs.state), "instruction": req.obs.instruction}
+            if images is not None:
+                obs["images"] = images
+            with self._hold(p, req.session) as s:
+                async with s.lock:
+                    return await self._infer_locked(s, req, spec, obs, t0)
         finally:
             self.inflight -= 1
 
-    async def _infer(self, p: Principal, req: InferRequest, spec: EmbodimentSpec) -> dict:
-        t0 = time.perf_counter()
-        with self._hold(p, req.session) as s:
-            async with s.lock:
-                return await self._infer_locked(s, req, spec, t0)
-
-    async def _infer_locked(self, s: Session, req: InferRequest, spec: EmbodimentSpec, t0: float) -> dict:
+    async def _infer_locked(self, s: Session, req: InferRequest, spec: EmbodimentSpec, obs: dict, t0: float) -> dict:
         if s.embodiment != spec.name:  # a new machine on this session: fresh state and shield
             self.backend.reset_state(s.state)
             s.embodiment = spec.name
             s.shield = self._build_shield(spec, s.shield)
-        obs = req.obs.model_dump()
         try:
             chunk, timing = await self.batcher.submit(s.state, obs)
         except ValueError as e:  # the policy refused the observation (checked again there)
@@ -253,6 +262,33 @@ class PolicyServer:
         return {"status": "ok", "inflight": self.inflight, "sessions": len(self.sessions),
                 "latched_sessions": self.sessions.latched(), "served": self.served,
                 "batches": self.batcher.batches, "batched_items": self.batcher.items}
+
+
+def check_images(spec: EmbodimentSpec, images: dict | None) -> dict[str, np.ndarray] | None:
+    """The request's frames as ``{camera: (H, W, 3) uint8}`` arrays, exactly the spec's cameras, or a
+    422 naming the camera (missing, unknown, wrong shape or byte count); None for a camera-less machine."""
+    expected = {c.name: c for c in spec.cameras}
+    if not expected:
+        if images:
+            raise ServeError(422, f"obs.images: embodiment {spec.name!r} has no cameras, got {sorted(images)}; "
+                                  "send no images")
+        return None
+    images = images or {}
+    for name in images:
+        if name not in expected:
+            raise ServeError(422, f"obs.images[{name!r}]: embodiment {spec.name!r} has no camera {name!r}; "
+                                  f"its cameras: {sorted(expected)}")
+    out = {}
+    for name, cam in expected.items():
+        if name not in images:
+            raise ServeError(422, f"obs.images lacks camera {name!r} of embodiment {spec.name!r} "
+                                  f"(one {list(cam.shape)} uint8 frame per step)")
+        frame = images[name]
+        if tuple(frame.shape) != cam.shape:
+            raise ServeError(422, f"obs.images[{name!r}] has shape {frame.shape}, embodiment {spec.name!r} expects "
+                                  f"{list(cam.shape)} (its camera {name!r})")
+        out[name] = frame.array(name)
+    return out
 
 
 # ---- the ASGI app ------------------------------------------------------------
@@ -354,7 +390,7 @@ def build_app(server: PolicyServer) -> FastAPI:
     async def ws(websocket: WebSocket) -> None:
         await serve_websocket(server, websocket)
 
-    app.add_middleware(BodyLimit, limit=server.cfg.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=server.max_body_bytes)
     return app
 
 
@@ -377,8 +413,8 @@ async def serve_websocket(server: PolicyServer, websocket: WebSocket) -> None:
 
 async def _ws_op(server: PolicyServer, p: Principal, token: str | None, frame: bytes) -> dict:
     try:
-        if len(frame) > server.cfg.max_body_bytes:
-            raise ServeError(413, f"frame larger than {server.cfg.max_body_bytes} bytes")
+        if len(frame) > server.max_body_bytes:
+            raise ServeError(413, f"frame larger than {server.max_body_bytes} bytes")
         try:
             msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
         except Exception as e:
@@ -388,7 +424,7 @@ async def _ws_op(server: PolicyServer, p: Principal, token: str | None, frame: b
         op, body = msg.pop("op"), msg
         try:
             if op == "infer":
-                out = await server.infer(p, InferRequest.model_validate(body))
+                out = await server.infer(p, WsInferRequest.model_validate(body))
             elif op == "reset":
                 out = await server.reset(p, SessionRequest.model_validate(body))
             elif op == "estop":

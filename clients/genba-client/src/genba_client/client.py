@@ -6,9 +6,10 @@ genba that imports it, so it installs on a machine-side PC.
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import httpx
 import msgpack
@@ -53,15 +54,29 @@ class PolicyClient:
 
     # ---- operations ------------------------------------------------------
     def infer(self, embodiment: str, state: Sequence[float], instruction: str = "", *,
-              horizon: int | None = None) -> dict:
-        """The server's answer; ``answer["actions"]`` is a float32 array (horizon, action_dim)."""
-        body = {"obs": {"embodiment": embodiment, "state": [float(x) for x in np.asarray(state).reshape(-1)],
-                        "instruction": instruction}, "session": self.session}
+              images: Mapping[str, np.ndarray] | None = None, horizon: int | None = None) -> dict:
+        """The server's answer; ``answer["actions"]`` is a float32 array (horizon, action_dim).
+
+        ``images``: this step's frame of every camera of the embodiment (``metadata()["specs"][name]
+        ["cameras"]``), ``{camera: (H, W, 3) uint8 array}``; sent as base64 over HTTP and as raw bytes
+        over the websocket, with shape and dtype as given (the server refuses a mismatch, naming the
+        camera)."""
+        obs: dict[str, Any] = {"embodiment": embodiment, "state": [float(x) for x in np.asarray(state).reshape(-1)],
+                               "instruction": instruction}
+        if images is not None:
+            obs["images"] = {name: self._frame(img) for name, img in images.items()}
+        body = {"obs": obs, "session": self.session}
         if horizon is not None:
             body["horizon"] = int(horizon)
         out = self._call("infer", body)
         out["actions"] = np.asarray(out["actions"], dtype=np.float32)
         return out
+
+    def _frame(self, image: np.ndarray) -> dict:
+        a = np.ascontiguousarray(image)
+        raw = a.tobytes()
+        return {"shape": list(a.shape), "dtype": str(a.dtype),
+                "data": raw if self.transport == "ws" else base64.b64encode(raw).decode("ascii")}
 
     def reset(self) -> dict:
         return self._call("reset", {"session": self.session})
