@@ -129,3 +129,15 @@ def _comments(cls) -> dict[str, str]:
     except (OSError, TypeError):  # no source (e.g. a frozen app): help must come from metadata
         return {}
     return {m.group(1): m.group(2).strip() for m in map(_COMMENT.match, lines) if m}
+
+
+def verb_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """Nested verbs under ``name`` (``genba data ingest``); a layer joins the group if another already made it
+    (the data and governance layers both add ``data`` verbs)."""
+    parser = subparsers.choices.get(name) or subparsers.add_parser(name, help=help)
+    for action in parser._actions:  # argparse keeps no public handle on an existing subparsers action
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    sub = parser.add_subparsers(dest=f"{name}_verb", metavar="VERB")
+    sub.required = True
+    return sub

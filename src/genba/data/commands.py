@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from genba.configflags import verb_group
 from genba.data.layout import DatasetError
 from genba.data.spec import SpecError
 
@@ -26,7 +27,7 @@ GROUP_HELP = ("datasets: import a LeRobot dataset, draft its spec, show an episo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = _group(subparsers, "data", GROUP_HELP)
+    data = verb_group(subparsers, "data", GROUP_HELP)
     p = data.add_parser("import-lerobot", help="make a plain LeRobot v3 dataset trainable with an embodiment spec",
                         description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=Path, metavar="DIR", help="LeRobot v3 dataset directory (meta/info.json, data/ ...)")
@@ -103,14 +104,3 @@ def _guard(verb: str, func):
             print(f"genba data {verb}: error: {e}", file=sys.stderr)
             return 2
     return run
-
-
-def _group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
-    """Nested verbs under ``name``, shared with the governance layer's (whichever registers first creates it)."""
-    parser = subparsers.choices.get(name) or subparsers.add_parser(name, help=help)
-    for action in parser._actions:  # argparse keeps no public handle on an existing subparsers action
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    sub = parser.add_subparsers(dest=f"{name}_verb", metavar="VERB")
-    sub.required = True
-    return sub

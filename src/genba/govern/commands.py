@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from genba.configflags import verb_group
 from genba.errors import CLIError
 from genba.govern import admin, lineage, sites
 from genba.govern.audit import AuditLog
@@ -23,17 +24,6 @@ from genba.govern.witness import WITNESS_ENV, Witness, default_witness, read_hea
 def _home(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", type=Path, default=None,
                         help="consortium home directory (default: $GENBA_HOME, else ~/.genba)")
-
-
-def _group(subparsers, name: str, help: str):
-    """Nested verbs under ``name``; joins the group if another layer already registered it."""
-    parser = subparsers.choices.get(name) or subparsers.add_parser(name, help=help)
-    for action in parser._actions:  # argparse keeps no public handle on an existing subparsers action
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    sub = parser.add_subparsers(dest=f"{name}_verb", metavar="VERB")
-    sub.required = True
-    return sub
 
 
 def _witness_args(parser: argparse.ArgumentParser) -> None:
@@ -215,7 +205,7 @@ def cmd_lineage(args) -> int:
 
 def register(subparsers) -> None:
     """Add the governance verbs to the top-level ``genba`` parser."""
-    cons = _group(subparsers, "consortium", "create a consortium home (members, sites, authority keys)")
+    cons = verb_group(subparsers, "consortium", "create a consortium home (members, sites, authority keys)")
     p = cons.add_parser("init", help="create a consortium home with fresh keys")
     _home(p)
     p.add_argument("--name", required=True, help="consortium name")
@@ -223,7 +213,7 @@ def register(subparsers) -> None:
     p.add_argument("--site", type=_parse_site, action="append", default=[], help="ID:JURISDICTION:OPERATOR (repeat)")
     p.set_defaults(func=_guard(cmd_consortium_init))
 
-    site = _group(subparsers, "site", "compute sites and signed site claims")
+    site = verb_group(subparsers, "site", "compute sites and signed site claims")
     p = site.add_parser("claim", help="issue a signed claim that this process runs at SITE")
     _home(p)
     p.add_argument("--site", required=True, help="registered site id")
@@ -237,7 +227,7 @@ def register(subparsers) -> None:
     p.add_argument("operator", help="who operates the site")
     p.set_defaults(func=_guard(cmd_site_add))
 
-    data = _group(subparsers, "data", "governed datasets: ingest, grant, revoke, shred")
+    data = verb_group(subparsers, "data", "governed datasets: ingest, grant, revoke, shred")
     p = data.add_parser("ingest", help="encrypt a member's LeRobot dataset, sign its manifest, register it")
     _home(p)
     p.add_argument("src", type=Path, help="plaintext LeRobot dataset directory")
@@ -272,7 +262,7 @@ def register(subparsers) -> None:
 
 def _register_audit(subparsers) -> None:
     """``genba audit verify|show|head`` and ``genba lineage``: the verbs that read the log and advance a witness."""
-    aud = _group(subparsers, "audit", "the tamper-evident audit log")
+    aud = verb_group(subparsers, "audit", "the tamper-evident audit log")
     p = aud.add_parser("verify", help="recompute the Merkle log; check its signed head and every stored witness")
     _home(p)
     _witness_args(p)
