@@ -141,3 +141,27 @@ def test_endless_sampler_matches_finite(two_embodiments):
     assert [next(endless) for _ in range(5000)] == list(mixed_sampler(mixed, 5010, seed=3, start=10))
     with pytest.raises(TypeError, match="no length"):
         len(mixed_sampler(mixed, None))
+
+
+def test_phrasings_drawn_per_task_and_language(ds):
+    """With a phrasings table the sample's instruction is one of its task's wordings (the dataset's own
+    sentence among them), drawn per (seed, frame): reproducible, another seed another draw."""
+    table = {"toy/reach": {"en": ["go to the goal", "reach it"], "ja": ["目標へ行く"]},
+             "toy/push": {"en": ["shove the block"]}}  # no ja: its sentence alone
+    pools = {0: {"en": {"reach the goal", "go to the goal", "reach it"}, "ja": {"目標に到達する", "目標へ行く"}},
+             1: {"en": {"push the block", "shove the block"}, "ja": {"ブロックを押す"}}}
+    w = WindowDataset(ds, lang="mix", seed=1, phrasings=table)
+    drawn = {(0, "en"): set(), (0, "ja"): set(), (1, "en"): set(), (1, "ja"): set()}
+    for i in range(len(w)):
+        s = w[i]
+        lang = "ja" if s["instruction"] in pools[s["task_index"]]["ja"] else "en"
+        assert s["instruction"] in pools[s["task_index"]][lang]
+        drawn[(s["task_index"], lang)].add(s["instruction"])
+    assert len(drawn[(0, "en")]) >= 2  # 23 frames: more than one wording of a task is drawn
+    again = WindowDataset(ds, lang="mix", seed=1, phrasings=table)
+    assert [again[i]["instruction"] for i in range(len(w))] == [w[i]["instruction"] for i in range(len(w))]
+    other = WindowDataset(ds, lang="mix", seed=2, phrasings=table)
+    assert [other[i]["instruction"] for i in range(len(w))] != [w[i]["instruction"] for i in range(len(w))]
+    assert w.gather([0, 3, 9])["instruction"] == [w[i]["instruction"] for i in (0, 3, 9)]
+    assert [WindowDataset(ds, lang="en")[i]["instruction"] for i in range(len(w))] == \
+        [TASKS[_frame(i)[0] % 2]["en"] for i in range(len(w))]  # no table: the sentence, as before

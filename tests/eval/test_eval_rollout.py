@@ -110,3 +110,40 @@ def test_auto_execution_replans_fast_machines_every_step_and_ensembles_the_rest(
     assert resolve_execution(fixed, get_task("drive/pmsm-current").spec) == ("replan", 3)
     with pytest.raises(ValueError, match="execute 'sometimes'"):
         EvalConfig(checkpoint="expert", tasks=TASKS, execute="sometimes")
+
+
+def test_instructions_cycle_over_episodes(tmp_path):
+    """--instructions: episode k speaks phrasing k mod n on the seeds it has without; results say which."""
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"drive/pmsm-current": {"en": ["Track the currents.", "Follow the dq refs."]}}))
+    cfg = EvalConfig(checkpoint="expert", tasks=("drive/pmsm-current",), episodes=5, lockstep=2,
+                     instructions=str(path), max_steps=3, workers=1)
+    jobs = plan_jobs(cfg)
+    plain = plan_jobs(EvalConfig(checkpoint="expert", tasks=cfg.tasks, episodes=5, lockstep=2))
+    by_k = {k: job[3] for job in jobs for k, _ in job[2]}
+    assert by_k == {0: "Track the currents.", 1: "Follow the dq refs.", 2: "Track the currents.",
+                    3: "Follow the dq refs.", 4: "Track the currents."}
+    assert sorted(s for j in jobs for _, s in j[2]) == sorted(s for j in plain for _, s in j[2])
+    res = evaluate(cfg, tmp_path / "out", progress=False)
+    assert {e["instruction"] for e in res["episodes"]} == {"Track the currents.", "Follow the dq refs."}
+    per = res["phrasings"]["drive/pmsm-current"]
+    assert per["Track the currents."]["episodes"] == 3 and per["Follow the dq refs."]["episodes"] == 2
+    assert "Per phrasing" in (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+
+
+def test_heldout_set_by_name_and_bad_files(tmp_path):
+    jobs = plan_jobs(EvalConfig(checkpoint="expert", tasks=("metaworld/reach-v3",), episodes=4, lang="ja",
+                                instructions="heldout"))
+    from genba.envs.phrasings import load
+
+    assert {j[3] for j in jobs} == set(load("heldout")["metaworld/reach-v3"]["ja"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"metaworld/reach-v3": {"en": []}}))
+    with pytest.raises(ValueError, match="'metaworld/reach-v3' 'en': expected a non-empty list"):
+        plan_jobs(EvalConfig(checkpoint="expert", tasks=("metaworld/reach-v3",), instructions=str(bad)))
+    bad.write_text(json.dumps({"metaworld/push-v3": {"en": ["Push it."]}}))
+    with pytest.raises(ValueError, match="no phrasings for task 'metaworld/reach-v3'"):
+        plan_jobs(EvalConfig(checkpoint="expert", tasks=("metaworld/reach-v3",), instructions=str(bad)))
+    # the CLI: exit 2 before any episode
+    assert main(["eval", "expert", "--tasks", "reach-v3", "--instructions", str(tmp_path / "nope.json"),
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2

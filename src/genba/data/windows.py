@@ -9,6 +9,11 @@ A sample at frame ``t`` of an episode spanning rows ``[s, e)``::
     "images"                   {camera: (H, h, w, 3) uint8} the same history rows as the state
                                (padded like it); only for machines with cameras
 
+A sample's ``instruction`` is its task's sentence in ``lang`` (``mix``: en or ja
+per sample); given ``phrasings`` (task id -> lang -> wordings, see
+``genba.envs.phrasings``), one of the task's sentence and its wordings, drawn
+per (seed, frame) like the language.
+
 Window indices are precomputed once as integer arrays, so one sample (or a
 whole batch with :meth:`WindowDataset.gather`) is a single fancy-index gather.
 
@@ -36,13 +41,16 @@ from genba.data.dataset import Dataset
 from genba.data.language import LANGS, TRAIN_LANGS
 
 Transform = Callable[[dict], dict]
+#: Task id -> lang -> phrasings of its instruction (``genba.envs.phrasings.training_table`` builds it; the
+#: data layer takes it as plain data, since it may not import envs).
+Phrasings = Mapping[str, Mapping[str, Sequence[str]]]
 
 
 class WindowDataset(TorchDataset):
     """Samples of one dataset; index ``i`` is the window ending at frame ``i``."""
 
     def __init__(self, dataset: Dataset, history: int = 1, chunk: int = 1, lang: str = "en",
-                 transforms: Transform | None = None, seed: int = 0):
+                 transforms: Transform | None = None, seed: int = 0, phrasings: Phrasings | None = None):
         if history < 1 or chunk < 1:
             raise ValueError(f"history and chunk must be >= 1, got history={history}, chunk={chunk}")
         if lang not in TRAIN_LANGS:
@@ -53,7 +61,7 @@ class WindowDataset(TorchDataset):
         self._obs = torch.from_numpy(np.ascontiguousarray(dataset.observation, dtype=np.float32))
         self._act = torch.from_numpy(np.ascontiguousarray(dataset.action, dtype=np.float32))
         self._task = dataset.task_index.astype(np.int64)
-        self._instructions = {lg: [t[lg] for t in dataset.tasks] for lg in LANGS}
+        self._instructions = _instruction_pools(dataset.tasks, phrasings or {})
         self._images = dict(dataset.images)  # camera -> FrameStore (memory-mapped frame cache)
         self._build_index()
 
@@ -76,11 +84,14 @@ class WindowDataset(TorchDataset):
         return self.dataset.num_frames
 
     def instruction(self, i: int) -> str:
-        """The instruction for frame ``i`` (``mix``: en or ja, fixed per (seed, i))."""
+        """The instruction for frame ``i`` (``mix``: en or ja; with phrasings, one of the task's; both
+        fixed per (seed, i), so a resumed run reads what the killed one would have)."""
+        h = _mix64(self.seed, i)
         lang = self.lang
         if lang == "mix":
-            lang = "ja" if _mix_bit(self.seed, i) else "en"
-        return self._instructions[lang][int(self._task[i])]
+            lang = "ja" if h & 1 else "en"
+        pool = self._instructions[lang][int(self._task[i])]
+        return pool[(h >> 1) % len(pool)]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = len(self)
@@ -114,12 +125,18 @@ class WindowDataset(TorchDataset):
         return batch
 
 
-def _mix_bit(seed: int, i: int) -> int:
-    """A cheap deterministic coin per (seed, frame): splitmix64's finalizer."""
+def _instruction_pools(tasks: list[dict], phrasings: Phrasings) -> dict[str, list[tuple[str, ...]]]:
+    """lang -> per task index: the dataset's own sentence, then the task's phrasings (by task id; none: it alone)."""
+    return {lg: [tuple(dict.fromkeys((t[lg], *phrasings.get(t.get("id", ""), {}).get(lg, ())))) for t in tasks]
+            for lg in LANGS}
+
+
+def _mix64(seed: int, i: int) -> int:
+    """Cheap deterministic bits per (seed, frame): splitmix64's finalizer (bit 0 picks the language)."""
     x = (int(i) + 0x9E3779B97F4A7C15 * (int(seed) + 1)) & 0xFFFFFFFFFFFFFFFF
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (x ^ (x >> 31)) & 1
+    return x ^ (x >> 31)
 
 
 # ---- mixing ---------------------------------------------------------------------

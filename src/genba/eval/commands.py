@@ -35,6 +35,8 @@ EVAL_HELP = {
     "execute": "chunk execution (auto: re-plan every step on machines at >= 1 kHz, else temporal ensembling)",
     "replan_every": "steps between fresh chunks with --execute replan",
     "trace_drives": "no reference-vs-actual trace of episode 0 of each drive task",
+    "instructions": "speak phrasings instead of each task's sentence: a JSON file {task_id: {\"en\": [...], "
+                    "\"ja\": [...]}} or a packaged set (heldout, train); episode k uses phrasing k mod n",
 }
 
 

@@ -46,6 +46,7 @@ class EpisodeResult:
     violations: int = 0
     tracking_error: float | None = None
     ret: float = 0.0
+    instruction: str | None = None  # the phrasing the episode was given (None: the task's sentence)
     trace: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:

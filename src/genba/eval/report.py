@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from genba.eval.metrics import EpisodeResult, aggregate, paired_difference
+from genba.eval.metrics import EpisodeResult, aggregate, paired_difference, summarize
 
 RESULTS_JSON, RESULTS_MD, SUCCESS_PNG = "results.json", "results.md", "success.png"
 
@@ -25,7 +25,7 @@ RESULTS_JSON, RESULTS_MD, SUCCESS_PNG = "results.json", "results.md", "success.p
 def build_results(episodes: list[EpisodeResult], config: dict[str, Any]) -> dict[str, Any]:
     """The JSON document: config, summaries and per-episode records."""
     agg = aggregate(episodes)
-    return {
+    doc = {
         "config": config,
         "mean_task_success": agg["mean_task_success"],
         "overall": agg["overall"].to_dict(),
@@ -33,6 +33,17 @@ def build_results(episodes: list[EpisodeResult], config: dict[str, Any]) -> dict
         "embodiments": {k: s.to_dict() for k, s in agg["embodiments"].items()},
         "episodes": [e.to_dict() for e in episodes],
     }
+    if any(e.instruction is not None for e in episodes):
+        doc["phrasings"] = phrasing_summaries(episodes)
+    return doc
+
+
+def phrasing_summaries(episodes: list[EpisodeResult]) -> dict[str, dict[str, dict]]:
+    """Task id -> phrasing -> summary, for an evaluation with ``--instructions`` (first-seen order)."""
+    groups: dict[str, dict[str, list[EpisodeResult]]] = {}
+    for e in episodes:
+        groups.setdefault(e.task, {}).setdefault(e.instruction or "", []).append(e)
+    return {t: {p: summarize(p, eps).to_dict() for p, eps in by.items()} for t, by in groups.items()}
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,6 +102,12 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Per embodiment", "", _HEAD.format("embodiment"), "|" + "---|" * 7]
     lines += [_row(s) for s in results["embodiments"].values()]
     lines += [_row(results["overall"]), ""]
+    if results.get("phrasings"):
+        lines += [f"## Per phrasing (`--instructions {cfg.get('instructions')}`)", "",
+                  "| task | phrasing | episodes | success |", "|---|---|---|---|"]
+        lines += [f"| {t} | {p} | {s['episodes']} | {s['success_rate']:.2f} |"
+                  for t, by in results["phrasings"].items() for p, s in by.items()]
+        lines.append("")
     return "\n".join(lines)
 
 

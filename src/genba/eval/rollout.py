@@ -63,6 +63,7 @@ class EvalConfig:
     execute: str = "auto"  # auto | ensemble | replan (see resolve_execution)
     replan_every: int | None = None
     trace_drives: bool = True  # record reference vs actual of episode 0 of each drive task
+    instructions: str | None = None  # a phrasings file or packaged set (heldout): episode k speaks phrasing k mod n
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 1 or self.lockstep < 1:
@@ -175,9 +176,10 @@ def _env(task: registry.Task, slot: int, seed: int):
     return _CACHE[key]
 
 
-def run_job(job: tuple[EvalConfig, str, list[tuple[int, int]]]) -> list[EpisodeResult]:
-    """Worker entry: ``(cfg, task_id, [(k, seed), ...])`` -> one result per episode, run in lockstep."""
-    cfg, task_id, episodes = job
+def run_job(job: tuple) -> list[EpisodeResult]:
+    """Worker entry: ``(cfg, task_id, [(k, seed), ...][, instruction])`` -> one result per episode, run in
+    lockstep (the instruction: one phrasing for the whole job; none: the task's sentence in ``cfg.lang``)."""
+    cfg, task_id, episodes, *phrase = job
     torch.set_num_threads(1)
     task = registry.get_task(task_id)
     execute, replan_every = resolve_execution(cfg, task.spec)
@@ -193,11 +195,11 @@ def run_job(job: tuple[EvalConfig, str, list[tuple[int, int]]]) -> list[EpisodeR
     envs = [_env(task, j, seed) for j, (_, seed) in enumerate(episodes)]
     if policy is None:
         policy = ExpertPolicy([task.make_expert(env) for env in envs])
-    return run_lockstep(task, envs, policy, episodes, cfg)
+    return run_lockstep(task, envs, policy, episodes, cfg, instruction=phrase[0] if phrase else None)
 
 
 def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[int, int]],
-                 cfg: EvalConfig) -> list[EpisodeResult]:
+                 cfg: EvalConfig, instruction: str | None = None) -> list[EpisodeResult]:
     """Step ``envs`` together until each has finished by the task's stop rule."""
     n, spec = len(envs), task.spec
     low, high = np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32)
@@ -205,7 +207,7 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
     obs = np.stack([o for o, _ in first])
     seen = [info.get("images") for _, info in first]  # each env's newest frames {camera: (H, W, 3)}
     images = _frames(task.spec, seen)  # {camera: (n, H, W, 3)}, None without cameras
-    policy.reset(n, spec.name, task.instruction(cfg.lang))
+    policy.reset(n, spec.name, instruction or task.instruction(cfg.lang))
     horizon = min(task.max_steps, cfg.max_steps or task.max_steps)
     live = np.ones(n, bool)
     rule = task.stop_rule(evaluating=True)
@@ -226,7 +228,10 @@ def run_lockstep(task: registry.Task, envs: list, policy, episodes: list[tuple[i
                 live[i] = False
         if not live.any():
             break
-    return [st.result(i, task, k, seed, verdicts[i].success) for i, (k, seed) in enumerate(episodes)]
+    results = [st.result(i, task, k, seed, verdicts[i].success) for i, (k, seed) in enumerate(episodes)]
+    for r in results:
+        r.instruction = instruction
+    return results
 
 
 def _frames(spec: EmbodimentSpec, seen: list[dict | None]) -> dict[str, np.ndarray] | None:
@@ -277,13 +282,31 @@ class _Tally:
 
 
 # ---- the evaluation ---------------------------------------------------------------
-def plan_jobs(cfg: EvalConfig) -> list[tuple[EvalConfig, str, list[tuple[int, int]]]]:
-    """Every (task, episode k, eval seed), cut into lockstep jobs; biggest tasks first."""
+def plan_jobs(cfg: EvalConfig) -> list[tuple]:
+    """Every (task, episode k, eval seed), cut into lockstep jobs; biggest tasks first. With
+    ``cfg.instructions``, episode k of a task speaks its phrasing k mod n (the same seeds as without),
+    and a job holds the episodes of one phrasing (one lockstep group shares an instruction)."""
+    table = _phrasings(cfg)
     jobs = []
     for task_id in cfg.tasks:
         eps = [(k, eval_seed(task_id, k, cfg.seed_base)) for k in range(cfg.episodes)]
-        jobs += [(cfg, task_id, eps[i:i + cfg.lockstep]) for i in range(0, len(eps), cfg.lockstep)]
+        if table is None:
+            jobs += [(cfg, task_id, eps[i:i + cfg.lockstep]) for i in range(0, len(eps), cfg.lockstep)]
+            continue
+        phrases = table[task_id]
+        for j, phrase in enumerate(phrases):
+            mine = eps[j::len(phrases)]
+            jobs += [(cfg, task_id, mine[i:i + cfg.lockstep], phrase) for i in range(0, len(mine), cfg.lockstep)]
     return jobs
+
+
+def _phrasings(cfg: EvalConfig) -> dict[str, tuple[str, ...]] | None:
+    """Task id -> the ``cfg.lang`` phrasings of ``cfg.instructions`` (None: the tasks' own sentences)."""
+    if cfg.instructions is None:
+        return None
+    from genba.envs import phrasings
+
+    return phrasings.for_tasks(phrasings.load(cfg.instructions), cfg.tasks, cfg.lang, cfg.instructions)
 
 
 def iter_results(cfg: EvalConfig) -> Iterator[list[EpisodeResult]]:

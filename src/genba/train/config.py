@@ -16,7 +16,8 @@ from genba.data.language import TRAIN_LANGS
 
 PRECISIONS = ("fp32", "bf16")  # fp32, or bf16 autocast
 DISTS = ("none", "ddp", "fsdp")  # data parallelism under torchrun
-CHOICES = {"precision": PRECISIONS, "lang": TRAIN_LANGS, "dist": DISTS}  # the fields with a fixed set of values
+INSTRUCTIONS = ("canonical", "phrasings")  # each task's one sentence, or also its training phrasings
+CHOICES = {"precision": PRECISIONS, "lang": TRAIN_LANGS, "dist": DISTS, "instructions": INSTRUCTIONS}  # the fields with a fixed set of values
 
 
 class TrainConfigError(ValueError):
@@ -49,6 +50,7 @@ class TrainConfig:
     precision: str = "fp32"  # autocast precision
     seed: int = 0  # seed for init and data order
     lang: str = "mix"  # instruction language drawn in training
+    instructions: str = "canonical"  # wordings drawn in training: the task's sentence, or phrasings (genba.envs.phrasings)
     log_every: int = 10  # log a metrics record every N steps
     ckpt_every: int = 500  # checkpoint every N steps (0: only at the end)
     ckpt_every_minutes: float = 5.0  # also checkpoint every M minutes of wall time, so a kill loses little
@@ -79,6 +81,7 @@ class TrainConfig:
             raise TrainConfigError(f"train config {self.name!r}: betas must be two numbers in [0, 1)")
         _choice(self, "precision", PRECISIONS)
         _choice(self, "lang", TRAIN_LANGS)
+        _choice(self, "instructions", INSTRUCTIONS)
         _choice(self, "dist", DISTS)
         _positive(self, "tp", "ep")
         if (self.tp > 1 or self.ep > 1) and self.dist != "fsdp":

@@ -121,8 +121,13 @@ def build_datasets(cfg: TrainConfig, data_dirs: Sequence[str | os.PathLike], *, 
         specs[ds.embodiment] = ds.spec
         first.setdefault(ds.embodiment, ds)
     stats = stats_by_embodiment(datasets)  # datasets of one embodiment pooled (genba.data.stats)
-    parts = [WindowDataset(ds, history=model_cfg.history, chunk=model_cfg.chunk, lang=cfg.lang, seed=cfg.seed)
-             for ds in datasets]
+    phrasings = None
+    if cfg.instructions == "phrasings":  # the envs' training set, handed down as plain data (data cannot import envs)
+        from genba.envs.phrasings import training_table
+
+        phrasings = training_table()
+    parts = [WindowDataset(ds, history=model_cfg.history, chunk=model_cfg.chunk, lang=cfg.lang, seed=cfg.seed,
+                           phrasings=phrasings) for ds in datasets]
     return TrainData(datasets, MixedDataset(parts, weights), specs, stats, Normalize(stats),
                      TokenizeInstruction(model_cfg.max_lang_len), NormalizeImages(stats),
                      RandomShift(cfg.image_shift) if cfg.image_shift else None)
