@@ -33,6 +33,23 @@ def toy_spec(name: str, obs: int, act: int, period: float = 0.05) -> EmbodimentS
                           action_meaning="joint velocity")
 
 
+def plain_spec(name: str, obs: int, act: int, period: float, *, obs_low: float = -10.0, robot_type: str | None = None,
+               obs_names=None, act_names=None, wide_first: bool = False) -> EmbodimentSpec:
+    """The data and train tests' synthetic machine: observations ``o{i}`` in [obs_low, 10] m, actions ``a{i}`` in
+    [-1, 1] V. ``wide_first``: entry 0 of both spans +-1e4 (data_synth's coded episodes store a code there, and
+    the opener refuses values far outside a spec's limits)."""
+    obs_names = tuple(obs_names or (f"o{i}" for i in range(obs)))
+    act_names = tuple(act_names or (f"a{i}" for i in range(act)))
+    first_o, first_a = ((-1e4, 1e4), (-1e4, 1e4)) if wide_first else ((obs_low, 10.0), (-1.0, 1.0))
+    n_o, n_a = len(obs_names) - 1, len(act_names) - 1
+    return EmbodimentSpec(name=name, robot_type=robot_type or f"{name}_robot", obs_names=obs_names,
+                          obs_units=("m",) * len(obs_names), obs_low=(first_o[0],) + (obs_low,) * n_o,
+                          obs_high=(first_o[1],) + (10.0,) * n_o, action_names=act_names,
+                          action_units=("V",) * len(act_names), action_low=(first_a[0],) + (-1.0,) * n_a,
+                          action_high=(first_a[1],) + (1.0,) * n_a, control_period=period,
+                          action_meaning="joint velocity")
+
+
 def toy_specs() -> dict[str, EmbodimentSpec]:
     """An arm (7 obs, 3 actions, 20 Hz) and a drive (4 obs, 2 actions, 1 kHz)."""
     return {"arm": toy_spec("arm", 7, 3), "drive": toy_spec("drive", 4, 2, period=1e-3)}

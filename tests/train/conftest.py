@@ -7,16 +7,11 @@ import pytest
 
 from genba.data.layout import Episode, write_dataset
 from genba.data.spec import EmbodimentSpec
+from tests.fixtures import plain_spec
 
 
 def toy_spec(name: str, obs_dim: int, act_dim: int, period: float) -> EmbodimentSpec:
-    return EmbodimentSpec(
-        name=name, robot_type=f"{name}_robot",
-        obs_names=tuple(f"o{i}" for i in range(obs_dim)), obs_units=("m",) * obs_dim,
-        obs_low=(-10.0,) * obs_dim, obs_high=(10.0,) * obs_dim,
-        action_names=tuple(f"a{i}" for i in range(act_dim)), action_units=("V",) * act_dim,
-        action_low=(-1.0,) * act_dim, action_high=(1.0,) * act_dim,
-        control_period=period, action_meaning="joint velocity")
+    return plain_spec(name, obs_dim, act_dim, period)
 
 
 TASKS = [{"id": "toy/reach", "en": "reach the goal", "ja": "目標に到達する"},

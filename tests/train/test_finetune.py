@@ -11,7 +11,6 @@ import pytest
 from safetensors.torch import load_file
 
 from genba.data.layout import Episode, write_dataset
-from genba.data.spec import EmbodimentSpec
 from genba.errors import CLIError
 from genba.model.bundle import read_manifest
 from genba.model.policy import load_policy
@@ -19,14 +18,11 @@ from genba.train.checkpoint import resolve_checkpoint
 from genba.train.config import get_train_preset
 from genba.train.finetune import FinetuneConfig, FinetuneError, default_train_config, finetune, register
 from genba.train.trainer import train
+from tests.fixtures import plain_spec
 
 
 def spec_of(name, obs, act, period, low=-10.0):
-    return EmbodimentSpec(name=name, robot_type=f"{name}_robot", obs_names=tuple(f"o{i}" for i in range(obs)),
-                          obs_units=("m",) * obs, obs_low=(low,) * obs, obs_high=(10.0,) * obs,
-                          action_names=tuple(f"a{i}" for i in range(act)), action_units=("V",) * act,
-                          action_low=(-1.0,) * act, action_high=(1.0,) * act, control_period=period,
-                          action_meaning="joint velocity")
+    return plain_spec(name, obs, act, period, obs_low=low)
 
 
 def episodes(spec, n, length, seed, shift=0.0):
