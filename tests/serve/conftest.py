@@ -105,3 +105,24 @@ def random_checkpoint(tmp_path_factory):
                          "action": one(spec.action_low, spec.action_high)}}
     save_bundle(d, model, stats=stats, preset="debug", lineage={"datasets": ["none: random weights for tests"]})
     return d, spec
+
+
+@contextlib.contextmanager
+def machine_in_thread(cfg):
+    """A started SimulatedMachine on its own event loop in a thread (asyncua's server start costs seconds,
+    so a test module shares one); yields the machine, stops it and the loop on exit."""
+    import asyncio
+
+    from genba.serve.opcua_machine import SimulatedMachine
+
+    m = SimulatedMachine(cfg)
+    loop = asyncio.new_event_loop()
+    th = threading.Thread(target=loop.run_forever, daemon=True)
+    th.start()
+    asyncio.run_coroutine_threadsafe(m.start(), loop).result(60)
+    try:
+        yield m
+    finally:
+        asyncio.run_coroutine_threadsafe(m.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(10)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-import threading
 import time
 
 import numpy as np
@@ -19,8 +18,10 @@ import genba.serve.bridge as bridge
 from genba.envs.registry import get_task
 from genba.serve.bridge import BridgeConfig, run_bridge
 from genba.serve.certs import issue_cert, make_ca
-from genba.serve.opcua_machine import SERVER_URI, MachineConfig, SimulatedMachine
+from genba.serve.opcua_machine import SERVER_URI, MachineConfig
 from genba.serve.shield import SafetyShield, ShieldConfig
+
+from .conftest import machine_in_thread
 
 TASK = "drive/dc-current"
 
@@ -37,15 +38,8 @@ def machine(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = MachineConfig(task_id=TASK, endpoint=f"opc.tcp://127.0.0.1:{port}/genba/", period_s=0.01, cert_dir=str(d))
-    m = SimulatedMachine(cfg)
-    loop = asyncio.new_event_loop()
-    th = threading.Thread(target=loop.run_forever, daemon=True)
-    th.start()
-    asyncio.run_coroutine_threadsafe(m.start(), loop).result(60)
-    yield m, cfg
-    asyncio.run_coroutine_threadsafe(m.stop(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    th.join(10)
+    with machine_in_thread(cfg) as m:
+        yield m, cfg
 
 
 def test_bridge_slow_policy_over_opcua_plays_no_stale_answer(machine, monkeypatch):

@@ -9,7 +9,6 @@ import math
 import shutil
 import socket
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,10 @@ from genba.envs.seeds import train_seed
 from genba.model.policy import load_policy
 from genba.serve.bridge import BridgeConfig, machine_nodes, run_bridge, secure_client
 from genba.serve.certs import issue_cert, make_ca
-from genba.serve.opcua_machine import SERVER_URI, MachineConfig, SimulatedMachine
+from genba.serve.opcua_machine import SERVER_URI, MachineConfig
 from genba.serve.shield import ShieldConfig
+
+from .conftest import machine_in_thread
 
 TASK = "drive/dc-current"
 
@@ -54,15 +55,8 @@ def machine(certs):
     start costs seconds; the refusal tests each open their own client session against it)."""
     cfg = MachineConfig(task_id=TASK, endpoint=f"opc.tcp://127.0.0.1:{free_port()}/genba/", period_s=0.01,
                         cert_dir=str(certs))
-    m = SimulatedMachine(cfg)
-    loop = asyncio.new_event_loop()
-    th = threading.Thread(target=loop.run_forever, daemon=True)
-    th.start()
-    asyncio.run_coroutine_threadsafe(m.start(), loop).result(60)
-    yield m, cfg
-    asyncio.run_coroutine_threadsafe(m.stop(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    th.join(10)
+    with machine_in_thread(cfg) as m:
+        yield m, cfg
 
 
 def run_with_machine(machine, body):
